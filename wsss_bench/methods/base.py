@@ -1,0 +1,227 @@
+"""The plug-in interface every localisation method implements.
+
+A method adapter owns three things: its network (:meth:`MethodAdapter.build`), how a checkpoint
+in the method's own released layout maps onto that network (:meth:`MethodAdapter.load_checkpoint`,
+usually a pure key-filter function followed by a strict ``load_state_dict``), and one override
+point, :meth:`MethodAdapter.forward_maps`, that turns a batch of normalised views into raw
+per-class maps. Everything else (views for scales and flips, resizing, flip fusion, normalisation,
+evaluation) is done by the runner (:mod:`wsss_bench.inference`) under :class:`InferenceSettings`,
+so a new method is a page of code.
+
+Adapters are found through the entry-point group ``wsss_bench.methods``; see
+:mod:`wsss_bench.methods.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from wsss_bench.errors import WsssBenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Background:
+    """A method's own background rule, as stored in run records.
+
+    ``rule="constant"``: foreground where the top score exceeds ``value`` (IRN 0.15, EDAM 0.5,
+    MoRe 0.5). ``rule="power"``: background score ``(1 - m) ** value`` (GETAM alpha 32); it is
+    monotone in ``m``, so it equals a constant threshold t* solving ``t = (1 - t) ** alpha``.
+    """
+
+    rule: str = "constant"
+    value: float = 0.15
+
+    def threshold(self) -> float:
+        """The equivalent constant threshold on the top score ``m``."""
+        if self.rule == "constant":
+            return float(self.value)
+        if self.rule == "power":
+            lo, hi = 0.0, 1.0  # f(t) = t - (1 - t)^a is increasing; bisect its root
+            for _ in range(100):
+                mid = (lo + hi) / 2
+                if mid - (1 - mid) ** self.value > 0:
+                    hi = mid
+                else:
+                    lo = mid
+            return (lo + hi) / 2
+        raise WsssBenchError(f"unknown background rule {self.rule!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "value": self.value, "threshold": self.threshold()}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Test-time augmentation and post-processing of maps.
+
+    - ``scales``: image rescale factors (bicubic, size rounded), applied after ``input_size``.
+    - ``flip``: also run the horizontal flip of every scale; its map is flipped back.
+    - ``fusion``: how views are combined at the image size, ``"sum"`` or ``"max"``.
+    - ``normalization``: per class, ``"max"`` (divide by max + eps) or ``"minmax"``
+      (subtract min, divide by max + eps).
+    - ``eps``: the epsilon of the normalisation (EDAM uses 0).
+    - ``input_size``: resize the image to this square size before scaling (MoRe: 448), or None.
+    - ``align_corners``: of the bilinear upsampling of each view's map to the image size.
+    - ``background``: the method's own background rule (the sweep covers every threshold anyway).
+    """
+
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    fusion: str = "sum"
+    normalization: str = "max"
+    eps: float = 1e-5
+    input_size: int | None = None
+    align_corners: bool = False
+    background: Background = field(default_factory=Background)
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise WsssBenchError(f"scales must be positive, got {self.scales}")
+        if self.fusion not in ("sum", "max"):
+            raise WsssBenchError(f"fusion must be 'sum' or 'max', got {self.fusion!r}")
+        if self.normalization not in ("max", "minmax"):
+            raise WsssBenchError(f"normalization must be 'max' or 'minmax', got {self.normalization!r}")
+
+    def replace(self, **changes: Any) -> InferenceSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        d["background"] = self.background.to_dict()
+        return d
+
+
+#: The shared protocol settings, identical for all methods (METHODS.md, "standard").
+STANDARD_SETTINGS = InferenceSettings(
+    scales=(1.0, 0.5, 1.5, 2.0), flip=True, fusion="sum", normalization="max", eps=1e-5,
+    input_size=None, align_corners=False, background=Background("constant", 0.15),
+)
+
+
+class MethodAdapter:
+    """Base class of localisation-method adapters.
+
+    Subclasses set the class attributes and implement :meth:`build`, :meth:`load_checkpoint`
+    (or :meth:`filter_checkpoint`) and :meth:`forward_maps`.
+
+    Constructor arguments: ``num_classes`` is the number of *foreground* classes (VOC 20,
+    COCO 80, synthetic 5); ``backbone`` one of :attr:`backbones` (``None`` = the first, the
+    method's real size); ``hparams`` overrides of :attr:`hyperparameters`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    official_code: ClassVar[str] = ""
+    #: Backbone names this adapter can build; the first is the default (the paper's).
+    backbones: ClassVar[tuple[str, ...]] = ()
+    #: Hyper-parameters with their defaults; recorded in every run record.
+    hyperparameters: ClassVar[dict[str, Any]] = {}
+    #: The method's own inference settings.
+    native: ClassVar[InferenceSettings] = STANDARD_SETTINGS
+    #: Whether forward_maps needs autograd (GETAM's gradients); the runner then skips no_grad.
+    needs_grad: ClassVar[bool] = False
+    #: Whether the adapter can run without a checkpoint (e.g. the centre prior).
+    needs_checkpoint: ClassVar[bool] = True
+    #: Extra fields copied into every record this adapter writes (e.g. AD-CAM's interpretation).
+    record_fields: ClassVar[dict[str, Any]] = {}
+    mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
+    std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
+
+    def __init__(self, num_classes: int, backbone: str | None = None,
+                 hparams: dict[str, Any] | None = None):
+        if num_classes < 1:
+            raise WsssBenchError(f"{self.name}: num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        if backbone is None and self.backbones:
+            backbone = self.backbones[0]
+        if self.backbones and backbone not in self.backbones:
+            raise WsssBenchError(
+                f"method {self.name!r} has no backbone {backbone!r} (choose from {', '.join(self.backbones)})")
+        self.backbone = backbone
+        hp = dict(self.hyperparameters)
+        for key, value in (hparams or {}).items():
+            if key not in hp:
+                raise WsssBenchError(
+                    f"method {self.name!r} has no hyper-parameter {key!r} (known: {', '.join(sorted(hp)) or 'none'})")
+            hp[key] = type(hp[key])(value) if hp[key] is not None and not isinstance(hp[key], (list, tuple)) else value
+        self.hparams = hp
+        self.model: nn.Module | None = None
+
+    # -- to implement ------------------------------------------------------------------------
+
+    def build(self) -> nn.Module:
+        """Create the network (randomly initialised, never downloading), store it in ``self.model``."""
+        raise NotImplementedError
+
+    def filter_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a checkpoint in the method's released layout onto ``self.model``'s names."""
+        return state
+
+    def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Raw maps for a batch of views of ONE image.
+
+        ``views``: float [V, 3, h, w], normalised with :attr:`mean`/:attr:`std`; all views share
+        a size (the runner groups views by size). ``classes``: int64 [K], the 0-based
+        *foreground* indices of the image's classes (VOC: 0..19), ascending.
+        Returns non-negative float maps [V, K, h', w'] at any resolution (the runner upsamples
+        them bilinearly to the image size with ``native.align_corners``).
+        """
+        raise NotImplementedError
+
+    # -- provided ------------------------------------------------------------------------------
+
+    def load_checkpoint(self, path: str) -> str:
+        """Load ``path`` (``weights_only`` / safetensors), filter it and load strictly.
+
+        Returns the SHA-256 of the file.
+        """
+        from wsss_bench.io import load_state_dict, sha256_file
+
+        if self.model is None:
+            self.build()
+        state = load_state_dict(path)
+        try:
+            state = self.filter_checkpoint(state)
+        except WsssBenchError as e:
+            raise WsssBenchError(e.message, path) from None
+        load_strict(self.model, state, path, method=self.name)
+        return sha256_file(path)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "description": self.description, "paper": self.paper,
+            "official_code": self.official_code, "backbones": list(self.backbones),
+            "hyperparameters": dict(self.hyperparameters), "native": self.native.to_dict(),
+        }
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Any, method: str = "") -> None:
+    """``load_state_dict(strict=True)`` with a one-line error listing missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def short(items: list[str]) -> str:
+            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {short(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch: {short(shapes)}")
+        who = f"checkpoint does not match {method}" if method else "checkpoint does not match the model"
+        raise WsssBenchError(f"{who}: " + "; ".join(parts), path)
+    model.load_state_dict(state, strict=True)
