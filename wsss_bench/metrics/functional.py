@@ -1,0 +1,81 @@
+"""Metrics from confusion matrices, as PROTOCOL.md defines them (pure functions, no I/O).
+
+A confusion matrix ``conf[g, p]`` counts pixels with ground truth ``g`` predicted as ``p`` over
+non-ignored pixels. For class c: TP = conf[c, c], FP = column sum - TP, FN = row sum - TP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def counts_from_confusion(conf: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (TP, FP, FN) int64 arrays from a C x C (or [..., C, C]) confusion matrix."""
+    c = np.asarray(conf.cpu() if isinstance(conf, torch.Tensor) else conf, dtype=np.int64)
+    tp = np.diagonal(c, axis1=-2, axis2=-1).copy()
+    fp = c.sum(axis=-2) - tp
+    fn = c.sum(axis=-1) - tp
+    return tp, fp, fn
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.full(num.shape, np.nan, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def miou_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """mIoU over classes with TP + FP + FN > 0 (last axis = classes); NaN where no class is valid."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    union = tp + fp + fn
+    iou = _ratio(tp, union)
+    valid = union > 0
+    n = valid.sum(axis=-1)
+    s = np.where(valid, iou, 0.0).sum(axis=-1)
+    return np.divide(s, n, out=np.full(np.shape(s), np.nan), where=n > 0)
+
+
+def _list(a: np.ndarray) -> list[float | None]:
+    return [None if not math.isfinite(float(v)) else float(v) for v in a]
+
+
+def metrics_from_confusion(conf: np.ndarray | torch.Tensor) -> dict[str, Any]:
+    """All protocol metrics of one confusion matrix.
+
+    Per-class lists are in class order with ``None`` where undefined (0/0). ``miou`` averages IoU
+    over the ``num_valid_classes`` classes with TP + FP + FN > 0.
+    """
+    c = np.asarray(conf.cpu() if isinstance(conf, torch.Tensor) else conf, dtype=np.int64)
+    tp, fp, fn = counts_from_confusion(c)
+    union = tp + fp + fn
+    iou = _ratio(tp, union)
+    valid = union > 0
+    total = int(c.sum())
+    gt_count = c.sum(axis=1)
+    pixel_acc = float(tp.sum() / total) if total else float("nan")
+    freq = gt_count / total if total else np.zeros_like(gt_count, dtype=np.float64)
+    fw = float(np.sum(freq[valid] * iou[valid])) if total else float("nan")
+    n_valid = int(valid.sum())
+    miou = float(iou[valid].mean()) if n_valid else float("nan")
+    return {
+        "miou": None if not math.isfinite(miou) else miou,
+        "iou": _list(iou),
+        "precision": _list(_ratio(tp, tp + fp)),
+        "recall": _list(_ratio(tp, tp + fn)),
+        "fp_ratio": _list(_ratio(fp, union)),
+        "fn_ratio": _list(_ratio(fn, union)),
+        "pixel_accuracy": None if not math.isfinite(pixel_acc) else pixel_acc,
+        "fw_iou": None if not math.isfinite(fw) else fw,
+        "num_valid_classes": n_valid,
+        "num_pixels": total,
+    }
+
+
+def is_calibration_id(image_id: str) -> bool:
+    """PROTOCOL.md's calibration subset: the id's SHA-1, read as an integer, divisible by 10."""
+    return int(hashlib.sha1(image_id.encode("utf-8")).hexdigest(), 16) % 10 == 0
