@@ -210,7 +210,7 @@ def read_index_png(path: str | os.PathLike) -> np.ndarray:
             if mode not in ("P", "L", "I", "I;16"):
                 raise WsssBenchError(
                     f"mask must be single-channel palette or greyscale, got mode {mode}", path)
-            arr = np.asarray(im)
+            arr = np.array(im)
     except WsssBenchError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -234,7 +234,7 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise WsssBenchError(f"cannot decode image ({e})", path) from None
 
