@@ -1,0 +1,274 @@
+"""Plain vision transformers built from timm without downloading, and attention capture.
+
+Shared by the transformer adapters (GETAM, AD-CAM) and GETAM's DPT segmenter:
+
+- :func:`build_vit`: a timm ``VisionTransformer`` of any of the sizes in :data:`VIT_SPECS`
+  (``pretrained=False`` always, ``num_classes=0`` so that no ImageNet head is built). Parameter
+  names are timm's, which are also the timm-0.4 names of the checkpoints of GETAM
+  (weixuansun/GETAM ``models/vision_transformer.py``, ``models/vision_transformer_hybrid.py``):
+  ``cls_token``, ``pos_embed``, ``dist_token`` (distilled DeiT), ``patch_embed.proj.*`` (and
+  ``patch_embed.backbone.*`` for the R50 hybrid), ``blocks.i.{norm1,attn.qkv,attn.proj,norm2,
+  mlp.fc1,mlp.fc2}.*``, ``norm.*``.
+- :func:`vit_forward`: the token forward pass at any input size, with the patch position
+  embedding resized to the input grid (:func:`resize_pos_embed`: bilinear as in GETAM's
+  ``_resize_pos_embed`` in ``models/vision_transformer.py``, or bicubic), returning the outputs of
+  any blocks (before the final norm) and the final normed tokens.
+- :class:`AttentionCapture`: a context manager that records each chosen block's softmax attention
+  [B, heads, N, N] (and, with ``grad=True``, its gradient) through hooks on timm's own attention
+  modules; the hooks are removed and the modules restored on exit, whatever happens.
+
+No fork of timm: the forward pass calls timm's modules (patch embedding, blocks, norm); only the
+position-embedding resize is our own, because GETAM's layout resizes bilinearly while timm's dynamic
+size is bicubic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from wsss_bench.errors import WsssBenchError
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """One buildable ViT size: a timm factory name plus overrides (all offline)."""
+
+    timm_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+#: Built-in sizes. The ``*_base*`` and hybrid specs are the 384 x 384 models GETAM's DPT builds
+#: (``vit_base_patch16_384``, ``vit_deit_base_patch16_384``, ``vit_deit_base_distilled_patch16_384``,
+#: ``vit_base_resnet50_384`` in timm 0.4), so their ``pos_embed`` has 24 x 24 + prefix rows.
+#: ``vit_tiny_demo`` is the demo/test size (4 blocks, dim 64, 2 heads, patch 16).
+VIT_SPECS: dict[str, ViTSpec] = {
+    "vit_base": ViTSpec("vit_base_patch16_384", {}, "ViT-B/16 at 384 (12 blocks, dim 768, 12 heads)"),
+    "deit_base": ViTSpec("deit_base_patch16_384", {}, "DeiT-B/16 at 384"),
+    "deit_base_distilled": ViTSpec("deit_base_distilled_patch16_384", {},
+                                   "DeiT-B/16 distilled at 384 (class and distillation tokens)"),
+    "vit_hybrid": ViTSpec("vit_base_r50_s16_384", {}, "R50 + ViT-B/16 hybrid at 384"),
+    "vit_small": ViTSpec("vit_small_patch16_224", {}, "ViT-S/16 at 224 (12 blocks, dim 384, 6 heads)"),
+    "vit_tiny": ViTSpec("vit_tiny_patch16_224", {}, "ViT-Ti/16 at 224 (12 blocks, dim 192, 3 heads)"),
+    "vit_tiny_demo": ViTSpec("vit_tiny_patch16_224", {"embed_dim": 64, "depth": 4, "num_heads": 2},
+                             "demo size: 4 blocks, dim 64, 2 heads, patch 16, 224 grid"),
+}
+
+
+def build_vit(name: str, **overrides: Any) -> VisionTransformer:
+    """Build the ViT ``name`` of :data:`VIT_SPECS`, randomly initialised, never downloading.
+
+    ``overrides`` go to the timm factory (e.g. ``img_size``); ``num_classes`` is forced to 0 so
+    that no classification head exists (adapters drop the checkpoint's ImageNet head).
+    """
+    if name not in VIT_SPECS:
+        raise WsssBenchError(f"unknown ViT {name!r} (choose from {', '.join(VIT_SPECS)})")
+    spec = VIT_SPECS[name]
+    kwargs = {**spec.kwargs, **overrides, "num_classes": 0}
+    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    model.eval()
+    return model
+
+
+def num_prefix_tokens(vit: VisionTransformer) -> int:
+    """Leading non-patch tokens: 1 (class), 2 (class + distillation) or more (register tokens)."""
+    return int(vit.num_prefix_tokens)
+
+
+def embed_dim(vit: VisionTransformer) -> int:
+    return int(vit.embed_dim)
+
+
+def depth(vit: VisionTransformer) -> int:
+    return len(vit.blocks)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, num_prefix: int, grid: tuple[int, int],
+                     mode: str = "bicubic", old_grid: tuple[int, int] | None = None,
+                     antialias: bool = False) -> torch.Tensor:
+    """Resize the patch part of a position embedding [1, num_prefix + P, D] to ``grid``.
+
+    The prefix rows are kept; the patch rows (a square grid unless ``old_grid`` says otherwise) are
+    interpolated with ``F.interpolate(mode, align_corners=False)``. ``mode="bilinear"`` is GETAM's
+    ``_resize_pos_embed`` (``F.interpolate(..., mode="bilinear")``); ``"bicubic"`` the usual timm one.
+    """
+    if mode not in ("bilinear", "bicubic"):
+        raise WsssBenchError(f"position-embedding resize mode must be bilinear or bicubic, got {mode!r}")
+    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    n = patches.shape[1]
+    if old_grid is None:
+        side = int(round(math.sqrt(n)))
+        if side * side != n:
+            raise WsssBenchError(f"position embedding has {n} patch rows, not a square grid")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(grid):
+        return pos_embed
+    d = patches.shape[-1]
+    patches = patches.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=tuple(grid), mode=mode, align_corners=False,
+                            antialias=antialias).to(pos_embed.dtype)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], d)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def patch_tokens(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch embedding of ``x`` [B, 3, h, w] at any size: tokens [B, P, D] and the grid (gh, gw).
+
+    Calls the modules of timm's ``PatchEmbed`` / ``HybridEmbed`` (``backbone`` then ``proj``) directly
+    so that no fixed image size is asserted; the grid is that of the actual feature map.
+    """
+    pe = vit.patch_embed
+    if getattr(pe, "backbone", None) is not None:
+        x = pe.backbone(x)
+        if isinstance(x, (list, tuple)):
+            x = x[-1]
+    x = pe.proj(x)
+    grid = (int(x.shape[-2]), int(x.shape[-1]))
+    x = x.flatten(2).transpose(1, 2)
+    norm = getattr(pe, "norm", None)
+    if norm is not None:
+        x = norm(x)
+    return x, grid
+
+
+def prefix_tokens(vit: VisionTransformer, batch: int) -> list[torch.Tensor]:
+    """The learnable leading tokens in timm's order: class, distillation, register tokens."""
+    out = []
+    for attr in ("cls_token", "dist_token", "reg_token"):
+        tok = getattr(vit, attr, None)
+        if isinstance(tok, torch.Tensor):
+            out.append(tok.expand(batch, -1, -1))
+    return out
+
+
+@dataclass
+class ViTOutput:
+    """Tokens of one forward pass: ``blocks[i]`` is block i's output (before the final norm)."""
+
+    blocks: dict[int, torch.Tensor]
+    normed: torch.Tensor | None
+    grid: tuple[int, int]
+    num_prefix: int
+
+
+def vit_forward(vit: VisionTransformer, x: torch.Tensor, pos_mode: str = "bicubic",
+                keep_blocks: Iterable[int] = (), final_norm: bool = True) -> ViTOutput:
+    """Run ``vit`` on ``x`` [B, 3, h, w] of any size (position embedding resized to the grid).
+
+    Returns the outputs of the blocks in ``keep_blocks`` (negative indices count from the end) and,
+    with ``final_norm``, the final normed tokens [B, prefix + P, D].
+    """
+    n_blocks = len(vit.blocks)
+    keep = {(i + n_blocks) if i < 0 else i for i in keep_blocks}
+    bad = [i for i in keep if not 0 <= i < n_blocks]
+    if bad:
+        raise WsssBenchError(f"block index {bad[0]} out of range for a {n_blocks}-block ViT")
+    tokens, grid = patch_tokens(vit, x)
+    n_prefix = num_prefix_tokens(vit)
+    if vit.pos_embed is None:
+        raise WsssBenchError("ViT without an absolute position embedding is not supported")
+    if getattr(vit, "no_embed_class", False):
+        raise WsssBenchError("ViTs whose position embedding excludes the class token are not supported")
+    pos = resize_pos_embed(vit.pos_embed, n_prefix, grid, mode=pos_mode)
+    tokens = torch.cat(prefix_tokens(vit, tokens.shape[0]) + [tokens], dim=1) + pos
+    tokens = vit.pos_drop(tokens)
+    tokens = vit.norm_pre(tokens)
+    kept: dict[int, torch.Tensor] = {}
+    for i, blk in enumerate(vit.blocks):
+        tokens = blk(tokens)
+        if i in keep:
+            kept[i] = tokens
+    normed = vit.norm(tokens) if final_norm else None
+    return ViTOutput(blocks=kept, normed=normed, grid=grid, num_prefix=n_prefix)
+
+
+class AttentionCapture:
+    """Context manager recording the softmax attention of chosen ViT blocks (and its gradient).
+
+    ``with AttentionCapture(vit, blocks=[6, 7], grad=True) as cap: ...`` switches the chosen timm
+    ``Attention`` modules to their explicit (non-fused) path, whose ``attn_drop`` receives the
+    softmax attention; a forward hook on ``attn_drop`` stores its output (the attention used
+    downstream, [B, heads, N, N]) in ``cap.attentions[i]`` and, with ``grad=True`` and a graph,
+    registers a tensor hook that stores the gradient of that tensor in ``cap.gradients[i]`` when a
+    backward pass reaches it. On exit every hook is removed and ``fused_attn`` restored; the stored
+    tensors live as long as the capture object (call :meth:`clear` to drop them early).
+
+    ``blocks``: indices into ``vit.blocks`` (negative ones count from the end), ``None`` = all.
+    """
+
+    def __init__(self, vit: nn.Module, blocks: Iterable[int] | None = None, grad: bool = False):
+        n = len(vit.blocks)
+        idx = list(range(n)) if blocks is None else [(i + n) if i < 0 else int(i) for i in blocks]
+        for i in idx:
+            if not 0 <= i < n:
+                raise WsssBenchError(f"attention block {i} out of range for a {n}-block ViT")
+            attn = vit.blocks[i].attn
+            if not (hasattr(attn, "attn_drop") and hasattr(attn, "fused_attn")):
+                raise WsssBenchError(f"block {i} has no timm Attention module to capture")
+        self.vit = vit
+        self.block_indices = sorted(set(idx))
+        self.grad = grad
+        self.attentions: dict[int, torch.Tensor] = {}
+        self.gradients: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._fused: dict[int, bool] = {}
+
+    def _forward_hook(self, index: int):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            self.attentions[index] = output
+            if self.grad and output.requires_grad:
+                def save_grad(g: torch.Tensor) -> None:
+                    self.gradients[index] = g
+                output.register_hook(save_grad)
+        return hook
+
+    def __enter__(self) -> AttentionCapture:
+        try:
+            for i in self.block_indices:
+                attn = self.vit.blocks[i].attn
+                self._fused[i] = bool(attn.fused_attn)
+                attn.fused_attn = False
+                self._handles.append(attn.attn_drop.register_forward_hook(self._forward_hook(i)))
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for i, fused in self._fused.items():
+            self.vit.blocks[i].attn.fused_attn = fused
+        self._fused.clear()
+
+    def clear(self) -> None:
+        self.attentions.clear()
+        self.gradients.clear()
+
+    def attention_list(self) -> list[torch.Tensor]:
+        """Captured attentions in block order (raises if a chosen block did not run)."""
+        missing = [i for i in self.block_indices if i not in self.attentions]
+        if missing:
+            raise WsssBenchError(f"no attention captured for block(s) {missing}")
+        return [self.attentions[i] for i in self.block_indices]
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens [B, P, D] -> feature map [B, D, gh, gw] (row-major patch order, as timm)."""
+    b, p, d = tokens.shape
+    if p != grid[0] * grid[1]:
+        raise WsssBenchError(f"{p} patch tokens do not fill a {grid[0]} x {grid[1]} grid")
+    return tokens.transpose(1, 2).reshape(b, d, grid[0], grid[1])

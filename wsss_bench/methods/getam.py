@@ -1,0 +1,258 @@
+"""GETAM: gradient-weighted element-wise transformer attention maps.
+
+Paper: W. Sun, J. Zhang, Z. Liu, Y. Zhong, N. Barnes, "GETAM: Gradient-weighted Element-wise
+Transformer Attention Map for Weakly-supervised Semantic Segmentation" (arXiv 2112.02841).
+Official code: weixuansun/GETAM. Formula: ``DPT/DPT.py`` ``DPTSegmentationModel.generate_cam_2`` as
+called by ``train_from_init.py`` (``start_layer=6``); network: ``DPT/DPT.py`` ``DPT.forward_cls`` and
+``DPT/vit.py`` (``forward_vit``, ``ProjectReadout``, ``_make_vit_b16_backbone``).
+
+Network (only the classification path; the DPT decoder is the segmenter's business, see
+:mod:`wsss_bench.segmenters.getam_head`, which can reuse :class:`GETAMBackbone`):
+
+- ``pretrained.model``: a timm ViT (ViT-B/16, DeiT-B/16, distilled DeiT-B/16 with two leading
+  tokens, or the R50+ViT-B/16 hybrid; 384 x 384 position embedding, resized *bilinearly* to the
+  input grid as GETAM's ``_resize_pos_embed`` does).
+- the output of the last block (GETAM hooks block 11 of 12, *before* the final ``norm``) goes through
+  ``pretrained.act_postprocess4``: ``ProjectReadout`` (``0.project.0``: Linear 2D -> D on
+  [patch token, class token], GELU), tokens to the patch grid (``1``, ``2``: parameter-free),
+  a 1 x 1 conv (``3``) and a 3 x 3 stride-2 conv (``4``); then global average pooling and
+  ``cls_head`` (Linear D -> classes). These ``act_postprocess4`` weights are on the path from the
+  attention to the logits, so they are loaded and used (METHODS.md only names ``cls_head``).
+
+Map, for each class c of the image (``generate_cam_2``): back-propagate c's raw logit; for every
+block l >= ``start_block`` with softmax attention A_l [heads, N, N] and its gradient G_l,
+``map_l = mean_h clamp(G_l * A_l, min=0) * mean_h clamp(G_l, min=0)``; sum over the blocks; take the
+class-token row (row 0) over the patch columns (after the one or two leading tokens); ReLU; reshape
+to the patch grid; upsample bilinearly with ``align_corners=True`` to the input size; divide by
+max + 1e-5 (``train_from_init.py``). ``start_block`` defaults to ``depth // 2`` (6 for 12 blocks, the
+official ``start_layer=6``; the last half of the blocks for smaller ViTs).
+
+All classes of an image (and all views) go through one forward and one backward pass: the batch
+holds ``V * K`` copies (view v, class k at row ``v * K + k``) and the sum over rows of each row's own
+class logit is differentiated with ``torch.autograd.grad`` with respect to the captured attention
+tensors only. Rows of a ViT batch never interact (LayerNorm is per token), so each row's attention
+gradient is exactly that of its own class, as in the official one-class-at-a-time loop. Parameters
+never receive ``.grad`` and nothing survives the call (``grad_batch`` caps the rows per pass).
+
+Checkpoint (``filter_checkpoint``): the plain state dict of ``DPTSegmentationModel`` (an optional
+``module.`` prefix is stripped): ``pretrained.model.*`` (timm-0.4 names; the ImageNet ``head`` /
+``head_dist`` is dropped), ``pretrained.act_postprocess4.*``, ``cls_head.{weight,bias}``; the rest of
+the DPT decoder (``pretrained.act_postprocess1..3``, ``scratch.*``, ``cam_module.*``) is ignored.
+
+Native settings: single scale, no flip, background ``(1 - max) ** 32`` (the paper's alpha). PAMR,
+saliency and label completion of the paper's pseudo labels are not part of the map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss_bench.errors import WsssBenchError
+from wsss_bench.methods.backbones.vit import (
+    AttentionCapture,
+    build_vit,
+    embed_dim,
+    num_prefix_tokens,
+    tokens_to_grid,
+    vit_forward,
+)
+from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
+
+#: GETAM resizes its position embedding bilinearly (``models/vision_transformer.py``).
+GETAM_POS_MODE = "bilinear"
+
+
+class ProjectReadout(nn.Module):
+    """DPT's readout projection: concat(patch token, class token) -> Linear(2D, D) -> GELU.
+
+    The readout is the first token only, also for the distilled DeiT (``DPT/vit.py``);
+    ``start_index`` is where the patch tokens begin (1, or 2 with a distillation token).
+    """
+
+    def __init__(self, dim: int, start_index: int = 1):
+        super().__init__()
+        self.start_index = start_index
+        self.project = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, self.start_index:]
+        readout = tokens[:, :1].expand_as(patches)
+        return self.project(torch.cat([patches, readout], dim=-1))
+
+
+class GETAMBackbone(nn.Module):
+    """GETAM's ``pretrained`` module: ``model`` (the timm ViT) and ``act_postprocess4``.
+
+    ``act_postprocess4`` keeps the official indices: ``0`` readout, ``1``/``2`` parameter-free
+    (transpose, unflatten to the grid), ``3`` 1 x 1 conv, ``4`` 3 x 3 stride-2 conv. The DPT
+    segmenter adds ``act_postprocess1..3`` itself.
+    """
+
+    def __init__(self, backbone: str):
+        super().__init__()
+        self.model = build_vit(backbone)
+        self.start_index = num_prefix_tokens(self.model)
+        d = embed_dim(self.model)
+        self.act_postprocess4 = nn.Sequential(
+            ProjectReadout(d, self.start_index), nn.Identity(), nn.Identity(),
+            nn.Conv2d(d, d, kernel_size=1), nn.Conv2d(d, d, kernel_size=3, stride=2, padding=1),
+        )
+
+    def forward_tokens(self, x: torch.Tensor, keep_blocks: tuple[int, ...] = (-1,)):
+        """Token forward pass with GETAM's bilinear position-embedding resize (no final norm)."""
+        return vit_forward(self.model, x, pos_mode=GETAM_POS_MODE, keep_blocks=keep_blocks,
+                           final_norm=False)
+
+    def postprocess4(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``act_postprocess4`` on the last block's tokens -> feature map [B, D, gh', gw']."""
+        x = tokens_to_grid(self.act_postprocess4[0](tokens), grid)
+        return self.act_postprocess4[4](self.act_postprocess4[3](x))
+
+
+def build_getam_backbone(backbone: str) -> GETAMBackbone:
+    """The ViT part of GETAM's network with official parameter names (for the DPT segmenter)."""
+    return GETAMBackbone(backbone)
+
+
+class GETAMNet(nn.Module):
+    """GETAM's classification path: ``pretrained`` + ``cls_head`` (``DPT.forward_cls``)."""
+
+    def __init__(self, backbone: str, num_classes: int):
+        super().__init__()
+        self.pretrained = GETAMBackbone(backbone)
+        self.cls_head = nn.Linear(embed_dim(self.pretrained.model), num_classes)
+
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Logits [B, classes] and the patch grid of ``x``."""
+        out = self.pretrained.forward_tokens(x, keep_blocks=(-1,))
+        last = out.blocks[len(self.pretrained.model.blocks) - 1]
+        feat = self.pretrained.postprocess4(last, out.grid)
+        return self.cls_head(feat.mean(dim=(2, 3))), out.grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(x)[0]
+
+
+def getam_token_map(attentions: list[torch.Tensor], gradients: list[torch.Tensor],
+                    num_prefix: int) -> torch.Tensor:
+    """GETAM's class-token map over patches, [B, P], from per-block attention and gradient.
+
+    ``attentions[l]``, ``gradients[l]``: [B, heads, N, N] of the blocks to sum.
+    ``sum_l mean_h relu(G*A) * mean_h relu(G)``, row 0, columns ``num_prefix:``, ReLU.
+    """
+    total = None
+    for a, g in zip(attentions, gradients, strict=True):
+        a, g = a.float(), g.float()
+        m = (g * a).clamp(min=0).mean(dim=1) * g.clamp(min=0).mean(dim=1)
+        total = m if total is None else total + m
+    if total is None:
+        raise WsssBenchError("GETAM needs at least one attention block")
+    return torch.relu(total[:, 0, num_prefix:])
+
+
+def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Divide each [..., h, w] map by its maximum + eps."""
+    peak = maps.flatten(-2).amax(dim=-1)[..., None, None]
+    return maps / (peak + eps)
+
+
+def default_start_block(depth: int) -> int:
+    """GETAM's first summed block: ``depth // 2`` (6 of 12 as in ``train_from_init.py``)."""
+    return depth // 2
+
+
+class GETAMAdapter(MethodAdapter):
+    name: ClassVar[str] = "getam"
+    description: ClassVar[str] = "Gradient-weighted element-wise attention maps of a ViT classifier"
+    paper: ClassVar[str] = "Sun et al., GETAM, arXiv 2112.02841 (2021)"
+    official_code: ClassVar[str] = "https://github.com/weixuansun/GETAM (DPT/DPT.py generate_cam_2)"
+    backbones: ClassVar[tuple[str, ...]] = (
+        "vit_hybrid", "vit_base", "deit_base", "deit_base_distilled", "vit_small", "vit_tiny", "vit_tiny_demo",
+    )
+    hyperparameters: ClassVar[dict[str, Any]] = {
+        # first summed block; -1 = depth // 2 (blocks 6..11 of 12)
+        "start_block": -1,
+        # rows (view x class copies) per backward pass; 0 = all of an image's in one pass
+        "grad_batch": 0,
+    }
+    native: ClassVar[InferenceSettings] = InferenceSettings(
+        scales=(1.0,), flip=False, fusion="sum", normalization="max", eps=1e-5, input_size=None,
+        align_corners=True, background=Background("power", 32),
+    )
+    needs_grad: ClassVar[bool] = True
+
+    def build(self) -> nn.Module:
+        self.model = GETAMNet(self.backbone, self.num_classes).eval()
+        n = len(self.model.pretrained.model.blocks)
+        start = int(self.hparams["start_block"])
+        start = default_start_block(n) if start < 0 else start
+        if not 0 <= start < n:
+            raise WsssBenchError(f"getam: start_block must be in 0..{n - 1} for {self.backbone}, got {start}")
+        self.start_block = start
+        if int(self.hparams["grad_batch"]) < 0:
+            raise WsssBenchError("getam: grad_batch must be >= 0")
+        return self.model
+
+    def filter_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return filter_getam_checkpoint(state)
+
+    def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        if self.model is None:
+            self.build()
+        v, _, h, w = views.shape
+        k = int(classes.numel())
+        if k == 0:
+            return views.new_zeros((v, 0, h, w))
+        rows_views = torch.arange(v, device=views.device).repeat_interleave(k)
+        rows_classes = classes.to(views.device).long().repeat(v)
+        chunk = int(self.hparams["grad_batch"]) or v * k
+        maps = []
+        for lo in range(0, v * k, chunk):
+            sel = slice(lo, min(lo + chunk, v * k))
+            maps.append(self._maps_for_rows(views[rows_views[sel]], rows_classes[sel]))
+        return torch.cat(maps, dim=0).reshape(v, k, h, w)
+
+    def _maps_for_rows(self, x: torch.Tensor, row_classes: torch.Tensor) -> torch.Tensor:
+        """One forward/backward for rows ``x`` [R, 3, h, w], row r explained for ``row_classes[r]``."""
+        model = self.model
+        vit = model.pretrained.model
+        blocks = range(self.start_block, len(vit.blocks))
+        h, w = x.shape[-2:]
+        with torch.enable_grad(), AttentionCapture(vit, blocks=blocks) as cap:
+            x = x.detach().requires_grad_(True)  # a graph even if the weights are frozen
+            logits, grid = model.classify(x)
+            score = logits.gather(1, row_classes[:, None]).sum()
+            attns = cap.attention_list()
+            grads = torch.autograd.grad(score, attns)
+            with torch.no_grad():
+                token_map = getam_token_map([a.detach() for a in attns], list(grads), num_prefix_tokens(vit))
+            del logits, score, attns, grads
+            cap.clear()
+        return self._to_input_size(token_map, grid, (h, w))
+
+    @staticmethod
+    def _to_input_size(token_map: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+        maps = token_map.reshape(-1, 1, grid[0], grid[1])
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[:, 0]
+        return normalise_max(maps, 1e-5)
+
+
+def filter_getam_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GETAM's ``DPTSegmentationModel`` state dict -> :class:`GETAMNet` names (pure function)."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if "cls_head.weight" not in state:
+        raise WsssBenchError("not a GETAM checkpoint: no cls_head.weight")
+    dropped_heads = ("pretrained.model.head.", "pretrained.model.head_dist.", "pretrained.model.pre_logits.")
+    out = {}
+    for key, value in state.items():
+        if key.startswith("pretrained.model."):
+            if not key.startswith(dropped_heads):
+                out[key] = value
+        elif key.startswith(("pretrained.act_postprocess4.", "cls_head.")):
+            out[key] = value
+    return out
