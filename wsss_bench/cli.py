@@ -28,6 +28,7 @@ app = typer.Typer(
 #: Command modules, each with ``register(app)``. Order is the order in ``--help``.
 COMMAND_MODULES = [
     "wsss_bench.commands.eval_cmd",
+    "wsss_bench.commands.datasets_cmd",
 ]
 
 _STATE = {"debug": False}
