@@ -1,0 +1,299 @@
+"""MoRe adapter: official checkpoint layout, LAM and CAM against a step-by-step forward in plain torch.
+
+The expected key names and shapes are written out here from zwyang6/MoRe ``model/model_mal.py``
+(``network``), ``model/GCA.py`` (``graphic_cls_aggregation``), ``model/decoder/conv_head.py``
+(``LargeFOV``) and ``model/backbone/mat_vit.py`` / ``vit.py`` (``MATformer``, timm-style ViT with a
+``head`` Linear over ``num_attri`` outputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss_bench.errors import WsssBenchError
+from wsss_bench.methods.backbones.vit_mct import VIT_MCT_CONFIGS, MultiClassTokenViT, resize_patch_pos_embed
+from wsss_bench.methods.more import MoReAdapter
+
+
+def official_layout(num_fg: int, dim: int, depth: int, grid: int = 14) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a MoRe checkpoint (``module.`` prefix added by the caller)."""
+    tokens = 4 + num_fg
+    hidden = 4 * dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "encoder.cls_token": (1, tokens, dim),
+        "encoder.pos_embed": (1, grid * grid + tokens, dim),
+        "encoder.patch_embed.proj.weight": (dim, 3, 16, 16),
+        "encoder.patch_embed.proj.bias": (dim,),
+    }
+    for i in range(depth):
+        p = f"encoder.blocks.{i}."
+        shapes.update({
+            p + "norm1.weight": (dim,), p + "norm1.bias": (dim,),
+            p + "attn.qkv.weight": (3 * dim, dim), p + "attn.qkv.bias": (3 * dim,),
+            p + "attn.proj.weight": (dim, dim), p + "attn.proj.bias": (dim,),
+            p + "norm2.weight": (dim,), p + "norm2.bias": (dim,),
+            p + "mlp.fc1.weight": (hidden, dim), p + "mlp.fc1.bias": (hidden,),
+            p + "mlp.fc2.weight": (dim, hidden), p + "mlp.fc2.bias": (dim,),
+        })
+    shapes.update({
+        "encoder.norm.weight": (dim,), "encoder.norm.bias": (dim,),
+        "encoder.head.weight": (tokens, dim), "encoder.head.bias": (tokens,),
+        "decoder.conv6.weight": (512, dim, 3, 3),
+        "decoder.conv7.weight": (512, 512, 3, 3),
+        "decoder.conv8.weight": (num_fg + 1, 512, 1, 1),
+        "classifier.weight": (num_fg, dim, 1, 1),
+        "aux_classifier.weight": (num_fg, dim, 1, 1),
+    })
+    for name in ("_fc1.0", "head_proj", "tail_proj", "linear1", "linear2"):
+        shapes[f"graph_layer.{name}.weight"] = (dim, dim)
+        shapes[f"graph_layer.{name}.bias"] = (dim,)
+    shapes["graph_layer.norm.weight"] = (dim,)
+    shapes["graph_layer.norm.bias"] = (dim,)
+    return shapes
+
+
+def random_checkpoint(layout: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in layout.items():
+        if key.endswith(("norm.weight", "norm1.weight", "norm2.weight")):
+            t = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else 16
+            t = torch.randn(shape, generator=g) / math.sqrt(max(fan_in, 1))
+        state["module." + key] = t
+    return state
+
+
+# -- independent reference: the official forward written step by step on the state dict ---------------
+
+def ref_encoder(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int, heads: int) -> torch.Tensor:
+    b, _, h, w = x.shape
+    e = sd["encoder.patch_embed.proj.weight"]
+    dim = e.shape[0]
+    tokens_n = sd["encoder.cls_token"].shape[1]
+    patches = F.conv2d(x, e, sd["encoder.patch_embed.proj.bias"], stride=16)  # [B, C, gh, gw]
+    gh, gw = patches.shape[-2:]
+    seq = torch.cat([sd["encoder.cls_token"].expand(b, -1, -1), patches.flatten(2).transpose(1, 2)], 1)
+    pos = sd["encoder.pos_embed"]
+    n_native = pos.shape[1] - tokens_n
+    if not (gh * gw == n_native and h == w):  # MATformer.interpolate_pos_encoding
+        s = int(math.sqrt(n_native))
+        grid = pos[:, tokens_n:].reshape(1, s, s, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=((gh + 0.1) / s, (gw + 0.1) / s), mode="bicubic")
+        pos = torch.cat([pos[:, :tokens_n], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], 1)
+    seq = seq + pos
+    hd = dim // heads
+    for i in range(depth):
+        p = f"encoder.blocks.{i}."
+        y = F.layer_norm(seq, (dim,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
+        qkv = y @ sd[p + "attn.qkv.weight"].T + sd[p + "attn.qkv.bias"]
+        q, k, v = qkv.reshape(b, -1, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * hd ** -0.5).softmax(-1)
+        o = (attn @ v).transpose(1, 2).reshape(b, -1, dim)
+        seq = seq + o @ sd[p + "attn.proj.weight"].T + sd[p + "attn.proj.bias"]
+        y = F.layer_norm(seq, (dim,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
+        y = F.gelu(y @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"])
+        seq = seq + y @ sd[p + "mlp.fc2.weight"].T + sd[p + "mlp.fc2.bias"]
+    return F.layer_norm(seq, (dim,), sd["encoder.norm.weight"], sd["encoder.norm.bias"], eps=1e-6)
+
+
+def ref_gcr(sd: dict[str, torch.Tensor], cls: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``graphic_cls_aggregation.forward`` as the official file writes it (indexing, einsum, matmul)."""
+    def lin(name: str, t: torch.Tensor) -> torch.Tensor:
+        return t @ sd[f"graph_layer.{name}.weight"].T + sd[f"graph_layer.{name}.bias"]
+
+    dim = cls.shape[-1]
+    topk = int(0.5 * cls.shape[1])
+    x = torch.cat([cls, feats], dim=1)
+    e_h, e_t = lin("head_proj", cls), lin("tail_proj", x)
+    logit = (e_h * dim ** -0.5) @ e_t.transpose(-2, -1)
+    w_top, i_top = torch.topk(logit, k=topk, dim=-1)
+    nb = e_t[torch.arange(e_t.shape[0]).view(-1, 1, 1), i_top, :]
+    prob = F.softmax(w_top, dim=2)
+    eh_r = torch.matmul((1 - prob).unsqueeze(-1), e_h.unsqueeze(2)) + prob.unsqueeze(-1) * nb
+    gate = torch.tanh(e_h.unsqueeze(2).expand(-1, -1, topk, -1) + eh_r)
+    ka = torch.einsum("ijkl,ijkm->ijk", nb, gate)
+    e_nh = torch.matmul(F.softmax(ka, dim=2).unsqueeze(2), nb).squeeze(2)
+    s = F.leaky_relu(lin("linear1", (e_h + e_nh) * 0.1 + cls))
+    bi = F.leaky_relu(lin("linear2", e_h * e_nh * 0.1 + cls))
+    return F.layer_norm(s + bi, (dim,), sd["graph_layer.norm.weight"], sd["graph_layer.norm.bias"], eps=1e-5)
+
+
+def ref_maps(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int, heads: int, num_fg: int):
+    """(raw LAM, raw CAM) over all classes, as ``network.forward`` + ``multi_scale_lam2`` compute them."""
+    tokens = ref_encoder(sd, x, depth, heads)
+    t = 4 + num_fg
+    gh, gw = x.shape[2] // 16, x.shape[3] // 16
+    patch_tokens = tokens[:, t:]
+    x4 = patch_tokens.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+    refined = ref_gcr(sd, tokens[:, 4:t], patch_tokens)
+    lam = torch.einsum("bchw,bkc->bkhw", x4, refined)
+    cam = F.conv2d(x4, sd["classifier.weight"])
+    return lam, cam
+
+
+def strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.replace("module.", "", 1): v for k, v in state.items()}
+
+
+CASES = [  # (dataset layout, foreground classes, backbone, input size)
+    ("voc", 20, "vit_base_patch16", (64, 64)),
+    ("voc", 20, "vit_tiny_demo", (96, 80)),
+    ("coco", 80, "vit_tiny_demo", (64, 64)),
+    ("coco", 80, "vit_tiny_demo", (224, 224)),  # the native grid: no position-embedding resize
+]
+
+
+@pytest.mark.parametrize("layout,num_fg,backbone,size", CASES)
+def test_official_checkpoint_loads_strictly_and_maps_match_stepwise_forward(tmp_path, layout, num_fg, backbone,
+                                                                            size):
+    cfg = VIT_MCT_CONFIGS[backbone]
+    state = random_checkpoint(official_layout(num_fg, cfg.embed_dim, cfg.depth), seed=num_fg)
+    path = tmp_path / "model_iter.pth"
+    torch.save(state, path)
+    sd = strip(state)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref_lam, ref_cam = ref_maps(sd, x, cfg.depth, cfg.num_heads, num_fg)
+    assert ref_lam.shape == (2, num_fg, size[0] // 16, size[1] // 16)
+    assert (ref_lam < 0).any(), "the raw LAM is expected to take negative values"
+    classes = torch.tensor([0, 3, num_fg - 1])
+    lam_adapter = MoReAdapter(num_fg, backbone, {"map": "lam"})
+    assert lam_adapter.load_checkpoint(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert lam_adapter.model.encoder.num_tokens == 4 + num_fg
+    cam_adapter = MoReAdapter(num_fg, backbone, {"map": "cam"})
+    cam_adapter.model = lam_adapter.model  # the same loaded network (a ViT-B is slow to build twice)
+    for adapter, ref in ((lam_adapter, ref_lam), (cam_adapter, ref_cam.clamp(min=0))):
+        with torch.no_grad():
+            out = adapter.forward_maps(x, classes)
+        assert out.shape == (2, 3, size[0] // 16, size[1] // 16)
+        scale = ref.abs().max()
+        torch.testing.assert_close(out / scale, ref[:, classes] / scale, atol=1e-4, rtol=0)
+
+
+def test_lam_is_not_clamped_and_cam_is_relu(tmp_path):
+    state = random_checkpoint(official_layout(20, 64, 2), seed=3)
+    torch.save(state, tmp_path / "m.pth")
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    lam_adapter = MoReAdapter(20, "vit_tiny_demo")
+    cam_adapter = MoReAdapter(20, "vit_tiny_demo", {"map": "cam"})
+    for a in (lam_adapter, cam_adapter):
+        a.load_checkpoint(str(tmp_path / "m.pth"))
+    classes = torch.arange(20)
+    with torch.no_grad():
+        lam = lam_adapter.forward_maps(x, classes)
+        cam = cam_adapter.forward_maps(x, classes)
+        raw_cam = F.conv2d(cam_adapter.model.features(x)[1], cam_adapter.model.classifier.weight)
+    assert (lam < 0).any() and (lam > 0).any()
+    assert (raw_cam < 0).any()
+    assert torch.equal(cam, raw_cam.clamp(min=0))
+
+
+def test_checkpoint_without_module_prefix_loads(tmp_path):
+    state = strip(random_checkpoint(official_layout(20, 64, 2), seed=4))
+    torch.save(state, tmp_path / "plain.pth")
+    adapter = MoReAdapter(20, "vit_tiny_demo")
+    adapter.load_checkpoint(str(tmp_path / "plain.pth"))
+    assert torch.equal(adapter.model.graph_layer.head_proj.weight, state["graph_layer.head_proj.weight"])
+    assert torch.equal(adapter.model.encoder.pos_embed, state["encoder.pos_embed"])
+
+
+@pytest.mark.parametrize("drop,add,needle", [
+    ("module.graph_layer.linear2.bias", None, "missing keys: graph_layer.linear2.bias"),
+    (None, "module.encoder.extra.weight", "unexpected keys: encoder.extra.weight"),
+])
+def test_checkpoint_layout_errors_name_the_key_and_file(tmp_path, drop, add, needle):
+    state = random_checkpoint(official_layout(20, 64, 2), seed=5)
+    if drop:
+        del state[drop]
+    if add:
+        state[add] = torch.zeros(3)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(WsssBenchError) as err:
+        MoReAdapter(20, "vit_tiny_demo").load_checkpoint(str(path))
+    assert needle in str(err.value) and "bad.pth" in str(err.value)
+
+
+def test_voc_checkpoint_does_not_fit_coco_adapter(tmp_path):
+    torch.save(random_checkpoint(official_layout(20, 64, 2), seed=6), tmp_path / "voc.pth")
+    with pytest.raises(WsssBenchError, match="shape mismatch: encoder.cls_token"):
+        MoReAdapter(80, "vit_tiny_demo").load_checkpoint(str(tmp_path / "voc.pth"))
+
+
+def test_pos_embed_resize_matches_hand_computed_bicubic_rule():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 14 * 14, 8, generator=g)
+    # native grid, square input: unchanged (the official shortcut)
+    assert resize_patch_pos_embed(pos, (14, 14), (14, 14)) is pos
+    # native grid, non-square input: resized with scale (14.1 / 14), not the identity
+    same = resize_patch_pos_embed(pos, (14, 14), (14, 14), input_square=False)
+    assert same.shape == pos.shape and not torch.allclose(same, pos)
+    # 28 x 20 grid: PyTorch's bicubic with the given scale factor, from the source coordinates by hand
+    out = resize_patch_pos_embed(pos, (14, 14), (28, 20))
+    assert out.shape == (1, 28 * 20, 8)
+    grid = pos.reshape(14, 14, 8)
+
+    def cubic(t: float) -> list[float]:  # Keys kernel, a = -0.75 (PyTorch's bicubic)
+        a = -0.75
+        def k(d: float) -> float:
+            d = abs(d)
+            if d <= 1:
+                return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
+            if d < 2:
+                return a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a
+            return 0.0
+        f = t - math.floor(t)
+        return [k(1 + f), k(f), k(1 - f), k(2 - f)]
+
+    def sample(i: int, j: int) -> torch.Tensor:
+        si, sj = (i + 0.5) / (28.1 / 14) - 0.5, (j + 0.5) / (20.1 / 14) - 0.5
+        wi, wj = cubic(si), cubic(sj)
+        acc = torch.zeros(8)
+        for a in range(4):
+            for b in range(4):
+                ii = min(max(math.floor(si) - 1 + a, 0), 13)
+                jj = min(max(math.floor(sj) - 1 + b, 0), 13)
+                acc += wi[a] * wj[b] * grid[ii, jj]
+        return acc
+
+    got = out.reshape(28, 20, 8)
+    for i, j in [(0, 0), (5, 7), (27, 19), (13, 10)]:
+        torch.testing.assert_close(got[i, j], sample(i, j), atol=1e-5, rtol=1e-5)
+
+
+def test_views_of_a_batch_do_not_interact():
+    torch.manual_seed(0)
+    adapter = MoReAdapter(20, "vit_tiny_demo")
+    adapter.build()
+    x = torch.randn(3, 3, 64, 64)
+    classes = torch.tensor([1, 2])
+    with torch.no_grad():
+        together = adapter.forward_maps(x, classes)
+        alone = torch.cat([adapter.forward_maps(x[i:i + 1], classes) for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_native_settings_and_bad_hyperparameters():
+    n = MoReAdapter.native
+    assert (n.scales, n.flip, n.fusion, n.normalization, n.eps, n.input_size) == ((1.0,), True, "max", "minmax",
+                                                                                    1e-5, 448)
+    assert n.background.rule == "constant" and n.background.value == 0.5
+    assert MoReAdapter.backbones[0] == "vit_base_patch16"
+    with pytest.raises(WsssBenchError, match="map must be one of"):
+        MoReAdapter(20, "vit_tiny_demo", {"map": "attention"})
+    with pytest.raises(WsssBenchError, match="no backbone"):
+        MoReAdapter(20, "vit_huge")
+
+
+def test_multi_class_token_vit_splits_tokens_and_grid():
+    vit = MultiClassTokenViT(7, VIT_MCT_CONFIGS["vit_tiny_demo"]).eval()
+    with torch.no_grad():
+        cls, patches, grid = vit(torch.randn(1, 3, 50, 70))
+    assert cls.shape == (1, 7, 64) and grid == (3, 4) and patches.shape == (1, 12, 64)

@@ -1,0 +1,212 @@
+"""MoRe: localisation attention maps of a multi-class-token ViT, refined by graph category representation.
+
+Paper: Z. Yang et al., "MoRe: Class Patch Attention Needs Regularization for Weakly Supervised Semantic
+Segmentation", AAAI 2025. Official code: https://github.com/zwyang6/MoRe (files followed here:
+``model/model_mal.py`` for the network and its outputs, ``model/GCA.py`` for the Graph Category
+Representation module ``graph_layer``, ``model/backbone/mat_vit.py`` for the encoder,
+``tools/infer_lam.py`` with ``utils/camutils.py:multi_scale_lam2`` for LAM inference and
+``utils/camutils.py:multi_scale_cam2`` for the CAM).
+
+What the official inference computes, and how it maps onto wsss-bench:
+
+- The encoder is a ViT-B/16 with ``4 + K`` class tokens (VOC 24, COCO 84); the last 12 blocks' output
+  is LayerNorm-ed; tokens ``4 .. 4+K-1`` are the class tokens, the rest the patch tokens.
+- ``graph_layer`` refines the K class tokens against the (detached) patch tokens
+  (:class:`GraphCategoryRepresentation`).
+- LAM (``--map lam``, the default): ``einsum('bchw,bkc->bkhw', patch_map, refined_tokens)``, a raw dot
+  product that **can be negative**. ``multi_scale_lam2`` upsamples it to the 448 x 448 input, fuses the
+  image and its flip by max, sums scales and then min-max normalises each class
+  (``lam + max(-lam)``, divided by ``max + 1e-5``) with **no ReLU**. :meth:`MoReAdapter.forward_maps`
+  therefore returns the raw LAM, negative values included, and relies on the native
+  ``normalization="minmax"`` (eps 1e-5) of the runner; under the standard protocol's max-normalisation
+  negative values stay negative (below every threshold), which is the honest reading of a raw LAM.
+  This relaxes the adapter contract's "non-negative" for ``map="lam"`` only.
+- CAM (``--map cam``): ``ReLU(conv2d(patch_map, classifier.weight))`` (``cam_only=True`` in
+  ``network.forward``; ``multi_scale_cam2`` applies the ReLU after the flip max, which is the same as
+  per view), non-negative.
+- Native settings: image resized to 448 x 448 (the official script resizes bilinearly, the runner
+  uses its own resize), scale 1.0, image and flip fused by max, per-class min-max with eps 1e-5,
+  background where the top score is at most 0.5.
+
+Checkpoint: a state dict saved from ``DistributedDataParallel`` (``module.`` prefix, stripped if
+present) with ``encoder.*`` (see :mod:`wsss_bench.methods.backbones.vit_mct`), ``classifier.weight``
+[K, C, 1, 1], ``graph_layer.*``; ``decoder.*`` (the segmentation head, see
+:mod:`wsss_bench.segmenters.more_head`), ``aux_classifier.*`` and the encoder's unused ``head.*`` are
+ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss_bench.errors import WsssBenchError
+from wsss_bench.methods.backbones.vit_mct import VIT_MCT_CONFIGS, MultiClassTokenViT, ViTConfig, tokens_to_map
+from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
+
+#: MoRe's extra "regularisation" tokens before the class tokens (``x[:, 4:num_attri]`` in mat_vit.py).
+NUM_EXTRA_TOKENS = 4
+
+#: Prefixes of an official checkpoint that no MoRe localisation map reads.
+IGNORED_PREFIXES = ("decoder.", "aux_classifier.", "encoder.head.")
+
+
+class GraphCategoryRepresentation(nn.Module):
+    """MoRe's Graph Category Representation (GCR) module, ``graphic_cls_aggregation`` in ``model/GCA.py``.
+
+    Parameter names follow the official ``graph_layer``: ``_fc1.0`` (built but never used by the
+    official forward; kept so that checkpoints load strictly), ``head_proj``, ``tail_proj``, ``linear1``,
+    ``linear2`` (all Linear C -> C) and ``norm`` (LayerNorm, eps 1e-5).
+
+    For class tokens ``t`` [B, K, C] and patch tokens ``p`` [B, N, C] (treated as constants), with
+    ``k = int(ratio * K)``:
+
+    1. ``h = head_proj(t)``; ``e = tail_proj([t; p])`` over all K + N nodes;
+    2. logits ``h e^T / sqrt(C)``; each class keeps its top-k nodes ``n_j`` with logits ``w_j`` and
+       probabilities ``q = softmax(w)``;
+    3. gate ``g_j = tanh(h + (1 - q_j) h + q_j n_j)``; knowledge weights
+       ``a_j = (sum_c n_j[c]) * (sum_c g_j[c])`` (the official ``einsum('ijkl,ijkm->ijk')`` sums the two
+       feature axes separately: a product of sums, not a dot product); ``r = sum_j softmax(a)_j n_j``;
+    4. output ``LayerNorm(LReLU(linear1(0.1 (h + r) + t)) + LReLU(linear2(0.1 h r + t)))``.
+    """
+
+    def __init__(self, dim: int = 768, ratio: float = 0.5):
+        super().__init__()
+        self._fc1 = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU())
+        self.head_proj = nn.Linear(dim, dim)
+        self.tail_proj = nn.Linear(dim, dim)
+        self.linear1 = nn.Linear(dim, dim)
+        self.linear2 = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.scale = dim ** -0.5
+        self.ratio = ratio
+
+    def forward(self, class_tokens: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
+        k = int(self.ratio * class_tokens.shape[1])
+        if k < 1:
+            raise WsssBenchError(f"GCR needs at least 2 class tokens, got {class_tokens.shape[1]}")
+        nodes = torch.cat([class_tokens, patch_tokens.detach()], dim=1)
+        head = self.head_proj(class_tokens)                          # [B, K, C]
+        tail = self.tail_proj(nodes)                                 # [B, K+N, C]
+        logits = torch.matmul(head * self.scale, tail.transpose(1, 2))  # [B, K, K+N]
+        top_w, top_i = logits.topk(k, dim=-1)                        # [B, K, k]
+        b, kk, c = head.shape
+        neigh = torch.gather(tail.unsqueeze(1).expand(b, kk, -1, c), 2,
+                             top_i.unsqueeze(-1).expand(b, kk, k, c))  # [B, K, k, C]
+        q = top_w.softmax(dim=-1).unsqueeze(-1)                       # [B, K, k, 1]
+        head_k = head.unsqueeze(2)                                    # [B, K, 1, C]
+        gate = torch.tanh(head_k + ((1 - q) * head_k + q * neigh))
+        weight = neigh.sum(-1) * gate.sum(-1)                         # [B, K, k]
+        reach = (weight.softmax(dim=-1).unsqueeze(-1) * neigh).sum(2)  # [B, K, C]
+        summed = F.leaky_relu(self.linear1((head + reach) * 0.1 + class_tokens))
+        bilinear = F.leaky_relu(self.linear2(head * reach * 0.1 + class_tokens))
+        return self.norm(summed + bilinear)
+
+
+class MoReNet(nn.Module):
+    """The inference part of MoRe's ``network``: ``encoder``, ``classifier`` and ``graph_layer``."""
+
+    def __init__(self, num_classes: int, config: ViTConfig | None = None):
+        super().__init__()
+        cfg = config or ViTConfig()
+        self.num_classes = int(num_classes)
+        self.encoder = MultiClassTokenViT(NUM_EXTRA_TOKENS + self.num_classes, cfg)
+        self.classifier = nn.Conv2d(cfg.embed_dim, self.num_classes, kernel_size=1, bias=False)
+        self.graph_layer = GraphCategoryRepresentation(cfg.embed_dim)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class tokens ``[B, K, C]`` (the 4 extra tokens dropped) and the patch map ``[B, C, gh, gw]``."""
+        tokens, patches, grid = self.encoder(images)
+        return tokens[:, NUM_EXTRA_TOKENS:], tokens_to_map(patches, grid)
+
+    def lam(self, images: torch.Tensor, with_gcr: bool = True) -> torch.Tensor:
+        """Raw localisation attention maps ``[B, K, gh, gw]`` (may be negative)."""
+        tokens, patch_map = self.features(images)
+        if with_gcr:
+            tokens = self.graph_layer(tokens, patch_map.flatten(2).transpose(1, 2))
+        return lam_from_tokens(patch_map, tokens)
+
+    def cam(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw class activation maps ``[B, K, gh, gw]`` (the classifier on the patch map, before ReLU)."""
+        _, patch_map = self.features(images)
+        return F.conv2d(patch_map, self.classifier.weight)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Image logits ``[B, K]``: the classifier after global max pooling (``pooling='gmp'``)."""
+        _, patch_map = self.features(images)
+        return self.classifier(F.adaptive_max_pool2d(patch_map, 1)).flatten(1)
+
+
+def lam_from_tokens(patch_map: torch.Tensor, class_tokens: torch.Tensor) -> torch.Tensor:
+    """LAM: ``einsum('bchw,bkc->bkhw')`` of the patch map and the (refined) class tokens."""
+    return torch.einsum("bchw,bkc->bkhw", patch_map, class_tokens)
+
+
+def select_more_keys(state: dict[str, torch.Tensor], ignored: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Strip a leading ``module.`` (DistributedDataParallel) and drop keys under ``ignored`` prefixes.
+
+    Every other key is kept, so that a strict load reports anything unexpected.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key[len("module."):] if key.startswith("module.") else key
+        if name.startswith(ignored):
+            continue
+        if name in out:
+            raise WsssBenchError(f"checkpoint holds {name!r} both with and without the 'module.' prefix")
+        out[name] = value
+    return out
+
+
+class MoReAdapter(MethodAdapter):
+    """MoRe's LAM (default) or the CAM of the same network; see the module docstring for the formulas."""
+
+    name: ClassVar[str] = "more"
+    description: ClassVar[str] = ("MoRe: multi-class-token ViT; localisation attention map of patch tokens "
+                                  "and GCR-refined class tokens (or the CAM of its classifier)")
+    paper: ClassVar[str] = ("Yang et al., MoRe: Class Patch Attention Needs Regularization for Weakly "
+                            "Supervised Semantic Segmentation, AAAI 2025")
+    official_code: ClassVar[str] = "https://github.com/zwyang6/MoRe"
+    backbones: ClassVar[tuple[str, ...]] = ("vit_base_patch16", "vit_tiny_demo")
+    hyperparameters: ClassVar[dict[str, Any]] = {"map": "lam"}
+    native: ClassVar[InferenceSettings] = InferenceSettings(
+        scales=(1.0,), flip=True, fusion="max", normalization="minmax", eps=1e-5, input_size=448,
+        align_corners=False, background=Background("constant", 0.5))
+
+    MAPS: ClassVar[tuple[str, ...]] = ("lam", "cam")
+
+    def __init__(self, num_classes: int, backbone: str | None = None,
+                 hparams: dict[str, Any] | None = None):
+        super().__init__(num_classes, backbone, hparams)
+        self.hparams["map"] = str(self.hparams["map"]).lower()
+        if self.hparams["map"] not in self.MAPS:
+            raise WsssBenchError(f"method 'more': map must be one of {', '.join(self.MAPS)}, "
+                                 f"got {self.hparams['map']!r}")
+        if self.num_classes < 2:
+            raise WsssBenchError("method 'more' needs at least 2 foreground classes (GCR keeps the top half)")
+
+    def build(self) -> nn.Module:
+        self.model = MoReNet(self.num_classes, VIT_MCT_CONFIGS[self.backbone]).eval()
+        return self.model
+
+    def filter_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return select_more_keys(state, IGNORED_PREFIXES)
+
+    def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Maps ``[V, K, H/16, W/16]`` for the requested classes.
+
+        ``map="lam"``: the **raw** LAM, which can be negative; the official inference min-max
+        normalises it without a ReLU, so this adapter leaves the sign to the runner's min-max (native
+        settings). ``map="cam"``: ReLU of the classifier on the patch map (non-negative).
+        """
+        if self.model is None:
+            self.build()
+        model = self.model
+        classes = classes.to(device=views.device, dtype=torch.long)
+        if self.hparams["map"] == "lam":
+            return model.lam(views)[:, classes]
+        _, patch_map = model.features(views)
+        return F.relu(F.conv2d(patch_map, model.classifier.weight[classes]))
