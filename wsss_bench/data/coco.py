@@ -310,8 +310,12 @@ def prepare_coco_masks(root: str | os.PathLike, split: str, cache: str | os.Path
     ids = [i["stem"] for i in images if by_image.get(i["id"])]
     empty = [i["stem"] for i in images if not by_image.get(i["id"])]
     num_instances = sum(len(v) for v in by_image.values())
-    from pycocotools import __version__ as pcv  # type: ignore[attr-defined]
+    try:
+        from importlib.metadata import version
 
+        pcv = version("pycocotools")
+    except Exception:  # noqa: BLE001 - metadata missing in an odd install
+        pcv = "unknown"
     man = CacheManifest(BUILDER_NAME, BUILDER_VERSION, {"crowd": crowd}, split, ann_path.name, ann_sha,
                         ids, empty, num_instances, complete=False, pycocotools=str(pcv))
     out_dir.mkdir(parents=True, exist_ok=True)
