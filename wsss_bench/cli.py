@@ -27,8 +27,10 @@ app = typer.Typer(
 
 #: Command modules, each with ``register(app)``. Order is the order in ``--help``.
 COMMAND_MODULES = [
+    "wsss_bench.commands.run_cmd",
     "wsss_bench.commands.eval_cmd",
     "wsss_bench.commands.datasets_cmd",
+    "wsss_bench.commands.report_cmd",
 ]
 
 _STATE = {"debug": False}

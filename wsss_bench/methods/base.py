@@ -168,11 +168,14 @@ class MethodAdapter:
         return state
 
     def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Raw maps for a batch of views of ONE image.
+        """Raw maps for a batch of views.
 
         ``views``: float [V, 3, h, w], normalised with :attr:`mean`/:attr:`std`; all views share
         a size (the runner groups views by size). ``classes``: int64 [K], the 0-based
-        *foreground* indices of the image's classes (VOC: 0..19), ascending.
+        *foreground* indices of the image's classes (VOC: 0..19), ascending. When the runner
+        batches several images of the same size (``--batch-size``), ``views`` holds the views of
+        all of them and ``classes`` is the union of their classes; adapters with
+        :attr:`needs_grad` always get the views of one image.
         Returns non-negative float maps [V, K, h', w'] at any resolution (the runner upsamples
         them bilinearly to the image size with ``native.align_corners``).
         """

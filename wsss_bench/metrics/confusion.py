@@ -91,12 +91,14 @@ class ConfusionEvaluator:
         return self
 
     def per_image_counts(self) -> dict[str, np.ndarray]:
-        """``ids`` [N] and ``tp``/``fp``/``fn`` int64 [N, C], in the order images were seen."""
+        """``ids`` [N] and ``tp``/``fp``/``fn`` int64 [N, C], rows sorted by image id."""
+        order = sorted(range(len(self.image_ids)), key=lambda i: self.image_ids[i])
         if self._per_image:
-            arr = torch.stack(self._per_image).numpy()
+            arr = torch.stack([self._per_image[i] for i in order]).numpy()
         else:
             arr = np.zeros((0, 3, self.num_classes), dtype=np.int64)
-        return {"ids": np.asarray(self.image_ids, dtype=str), "tp": arr[:, 0], "fp": arr[:, 1], "fn": arr[:, 2]}
+        ids = np.asarray([self.image_ids[i] for i in order], dtype=str)
+        return {"ids": ids, "tp": arr[:, 0], "fp": arr[:, 1], "fn": arr[:, 2]}
 
     def metrics(self) -> dict[str, Any]:
         return metrics_from_confusion(self.confusion)

@@ -203,17 +203,22 @@ class SweepEvaluator:
         return out
 
     def per_image_counts(self, j: int) -> dict[str, np.ndarray]:
-        """``ids`` [N] and ``tp``/``fp``/``fn`` int64 [N, C] at threshold index ``j``."""
+        """``ids`` [N] and ``tp``/``fp``/``fn`` int64 [N, C] at threshold index ``j``.
+
+        Rows are sorted by image id, so the order images were seen in does not matter."""
         N, C = len(self._per_image), self.num_classes
         tp = np.zeros((N, C), dtype=np.int64)
         fp = np.zeros_like(tp)
         fn = np.zeros_like(tp)
-        for i, (inv, counts) in enumerate(self._per_image):
+        order = sorted(range(N), key=lambda i: self.image_ids[i])
+        for i, src in enumerate(order):
+            inv, counts = self._per_image[src]
             inv = inv.astype(np.int64)
             tp[i, inv] = counts[j, :, 0]
             fp[i, inv] = counts[j, :, 1]
             fn[i, inv] = counts[j, :, 2]
-        return {"ids": np.asarray(self.image_ids, dtype=str), "tp": tp, "fp": fp, "fn": fn}
+        ids = np.asarray([self.image_ids[i] for i in order], dtype=str)
+        return {"ids": ids, "tp": tp, "fp": fp, "fn": fn}
 
 
 def _f(v: float) -> float | None:

@@ -1,0 +1,96 @@
+"""Distributed runs with ``torchrun``: shard the image list by rank, sum evaluator states.
+
+``torchrun --nproc-per-node N -m wsss_bench run ...`` sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``;
+:func:`setup` then initialises the process group (NCCL on CUDA, gloo on CPU). Without those
+variables everything runs single-process and these helpers are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment, if any."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return DistInfo()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.initialised_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(ids: list[str], info: DistInfo) -> list[str]:
+    """This rank's share of the image list (strided, so shards differ by at most one image)."""
+    return ids[info.rank::info.world_size] if info.active else list(ids)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()
+
+
+def sync_evaluator(ev: Any, info: DistInfo) -> None:
+    """Sum an evaluator's histogram / confusion over ranks and gather its per-image state, in place.
+
+    After the call every rank holds the state of the whole split (sums are exact: int64)."""
+    if not info.active:
+        return
+    state = ev.hist if hasattr(ev, "hist") else ev.confusion
+    backend = dist.get_backend()
+    t = state if (backend == "nccl") == state.is_cuda else state.cpu()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    if t is not state:
+        state.copy_(t.to(state.device))
+    local = {k: getattr(ev, k) for k in ("image_ids", "calibration", "_per_image") if hasattr(ev, k)}
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, local)
+    for k in local:
+        merged: list[Any] = []
+        for part in gathered:
+            merged += part[k]
+        setattr(ev, k, merged)
+
+
+def all_sum_int(value: int, info: DistInfo) -> int:
+    if not info.active:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def all_max_float(value: float, info: DistInfo) -> float:
+    if not info.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
