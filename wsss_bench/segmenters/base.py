@@ -88,6 +88,8 @@ class TestTimeSettings:
       argmax of the CRF marginals. A CRF run is always a separately labelled row.
     """
 
+    __test__ = False  # not a pytest test class despite its name
+
     name: str = "standard"
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     flip: bool = True
