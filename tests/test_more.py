@@ -83,10 +83,11 @@ def test_official_checkpoint_loads_strictly_and_maps_match_stepwise_forward(tmp_
     assert lam_adapter.model.encoder.num_tokens == 4 + num_fg
     cam_adapter = MoReAdapter(num_fg, backbone, {"map": "cam"})
     cam_adapter.model = lam_adapter.model  # the same loaded network (a ViT-B is slow to build twice)
-    for adapter, ref in ((lam_adapter, ref_lam), (cam_adapter, ref_cam.clamp(min=0))):
+    ref_cam = F.interpolate(ref_cam, size=size, mode="bilinear", align_corners=False).clamp(min=0)
+    for adapter, ref in ((lam_adapter, ref_lam), (cam_adapter, ref_cam)):
         with torch.no_grad():
             out = adapter.forward_maps(x, classes)
-        assert out.shape == (2, 3, size[0] // 16, size[1] // 16)
+        assert out.shape == (2, 3, *ref.shape[-2:])
         scale = ref.abs().max()
         torch.testing.assert_close(out / scale, ref[:, classes] / scale, atol=1e-4, rtol=0)
 
@@ -106,7 +107,11 @@ def test_lam_is_not_clamped_and_cam_is_relu(tmp_path):
         raw_cam = F.conv2d(cam_adapter.model.features(x)[1], cam_adapter.model.classifier.weight)
     assert (lam < 0).any() and (lam > 0).any()
     assert (raw_cam < 0).any()
-    assert torch.equal(cam, raw_cam.clamp(min=0))
+    # upsampled to the view, then ReLU (not the other way round), as multi_scale_cam2 orders it
+    up = F.interpolate(raw_cam, size=(48, 48), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(cam, up.clamp(min=0), atol=1e-6, rtol=0)
+    relu_first = F.interpolate(raw_cam.clamp(min=0), size=(48, 48), mode="bilinear", align_corners=False)
+    assert not torch.allclose(cam, relu_first, atol=1e-3)
 
 
 def test_checkpoint_without_module_prefix_loads(tmp_path):
@@ -211,3 +216,39 @@ def test_multi_class_token_vit_splits_tokens_and_grid():
     with torch.no_grad():
         cls, patches, grid = vit(torch.randn(1, 3, 50, 70))
     assert cls.shape == (1, 7, 64) and grid == (3, 4) and patches.shape == (1, 12, 64)
+
+
+def official_multi_scale(maps_fn, inputs: torch.Tensor, relu: bool) -> torch.Tensor:
+    """``utils/camutils.py`` ``multi_scale_lam2`` (relu=False) / ``multi_scale_cam2`` (relu=True), scale 1.0."""
+    b, _, h, w = inputs.shape
+    m = maps_fn(torch.cat([inputs, inputs.flip(-1)], dim=0))
+    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    m = torch.max(m[:b], m[b:].flip(-1))
+    if relu:
+        m = F.relu(m)
+    m = m + F.adaptive_max_pool2d(-m, (1, 1))
+    return m / (F.adaptive_max_pool2d(m, (1, 1)) + 1e-5)
+
+
+@pytest.mark.parametrize("map_name", ["lam", "cam"])
+def test_runner_with_native_settings_reproduces_official_multi_scale_inference(map_name):
+    from wsss_bench.data.base import Sample
+    from wsss_bench.inference.runner import compute_maps
+    from wsss_bench.inference.tta import normalise_image
+
+    torch.manual_seed(0)
+    adapter = MoReAdapter(20, "vit_tiny_demo", {"map": map_name})
+    model = adapter.build()
+    rng = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (64, 64, 3), generator=rng, dtype=torch.uint8).numpy()
+    labels = torch.zeros(20).numpy()
+    labels[[2, 11, 14]] = 1
+    # input_size equal to the image size, so that the runner's resize (its business) is a no-op
+    settings = MoReAdapter.native.replace(input_size=64)
+    with torch.no_grad():
+        (got,) = compute_maps(adapter, [Sample("a", image, labels, None)], settings, torch.device("cpu"), "fp32")
+        x = normalise_image(torch.from_numpy(image).permute(2, 0, 1)[None].float(), adapter.mean, adapter.std)
+        fn = model.lam if map_name == "lam" else model.cam
+        want = official_multi_scale(fn, x, relu=map_name == "cam")[0, [2, 11, 14]]
+    assert got.shape == (3, 64, 64)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -19,11 +19,13 @@ What the official inference computes, and how it maps onto wsss-bench:
   (``lam + max(-lam)``, divided by ``max + 1e-5``) with **no ReLU**. :meth:`MoReAdapter.forward_maps`
   therefore returns the raw LAM, negative values included, and relies on the native
   ``normalization="minmax"`` (eps 1e-5) of the runner; under the standard protocol's max-normalisation
-  negative values stay negative (below every threshold), which is the honest reading of a raw LAM.
-  This relaxes the adapter contract's "non-negative" for ``map="lam"`` only.
-- CAM (``--map cam``): ``ReLU(conv2d(patch_map, classifier.weight))`` (``cam_only=True`` in
-  ``network.forward``; ``multi_scale_cam2`` applies the ReLU after the flip max, which is the same as
-  per view), non-negative.
+  the runner clamps negative values to 0. This relaxes the adapter contract's "non-negative" for
+  ``map="lam"`` only.
+- CAM (``--map cam``): ``conv2d(patch_map, classifier.weight)`` (``cam_only=True`` in
+  ``network.forward``); ``multi_scale_cam2`` upsamples it bilinearly to the input size, fuses the flip
+  by max and only then applies the ReLU. ReLU commutes with flip and max but not with the upsampling,
+  so :meth:`MoReAdapter.forward_maps` returns the CAM already upsampled to the view size and ReLU-ed
+  (non-negative); the runner's own upsampling to the image size is then the official final resize.
 - Native settings: image resized to 448 x 448 (the official script resizes bilinearly, the runner
   uses its own resize), scale 1.0, image and flip fused by max, per-class min-max with eps 1e-5,
   background where the top score is at most 0.5.
@@ -196,11 +198,13 @@ class MoReAdapter(MethodAdapter):
         return select_more_keys(state, IGNORED_PREFIXES)
 
     def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Maps ``[V, K, H/16, W/16]`` for the requested classes.
+        """Maps for the requested classes.
 
-        ``map="lam"``: the **raw** LAM, which can be negative; the official inference min-max
-        normalises it without a ReLU, so this adapter leaves the sign to the runner's min-max (native
-        settings). ``map="cam"``: ReLU of the classifier on the patch map (non-negative).
+        ``map="lam"``: the **raw** LAM ``[V, K, H/16, W/16]``, which can be negative; the official
+        inference min-max normalises it without a ReLU, so this adapter leaves the sign to the runner's
+        min-max (native settings; the standard protocol's max normalisation clamps negatives to 0).
+        ``map="cam"``: ``[V, K, H, W]``, the classifier on the patch map upsampled bilinearly to the view
+        size, then ReLU (non-negative), in the order of ``multi_scale_cam2``.
         """
         if self.model is None:
             self.build()
@@ -209,4 +213,8 @@ class MoReAdapter(MethodAdapter):
         if self.hparams["map"] == "lam":
             return model.lam(views)[:, classes]
         _, patch_map = model.features(views)
-        return F.relu(F.conv2d(patch_map, model.classifier.weight[classes]))
+        cam = F.conv2d(patch_map, model.classifier.weight[classes])
+        # multi_scale_cam2 upsamples the raw CAM to the input size and applies the ReLU after that
+        # (ReLU and bilinear upsampling do not commute), so do the same before handing it on
+        cam = F.interpolate(cam, size=views.shape[-2:], mode="bilinear", align_corners=False)
+        return F.relu(cam)
