@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from wsss_bench.commands._ui import console, progress_bar
 from wsss_bench.errors import WsssBenchError
@@ -47,7 +47,7 @@ def check_command(
     quick: bool = typer.Option(False, "--quick", help="Read image headers only (skip full JPEG decoding)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report as JSON to this file."),
 ) -> None:
-    """Verify a dataset layout before a run; exits 1 if any error is found.
+    """Verify a dataset layout before a run; exits with code 2 if any error is found.
 
     Every id has its image and mask, masks are single-channel palette/greyscale with values in the
     class set, image and mask sizes agree, split sizes match the protocol (a mismatch is only a
@@ -67,24 +67,20 @@ def check_command(
                                masks=masks, mask_ids=mask_ids, cache=cache, keep_empty=keep_empty)
     sizes = ", ".join(f"{k} {v}" for k, v in report.splits.items()) or "none opened"
     console.print(f"{report.dataset} at {report.root}: splits {sizes}; {report.images_checked} images checked")
-    if report.problems:
-        t = Table(header_style="bold", show_lines=False)
-        t.add_column("severity")
-        t.add_column("path", overflow="fold")
-        t.add_column("problem", overflow="fold")
-        ordered = report.errors + report.warnings
-        for p in ordered[:MAX_ROWS]:
-            colour = "red" if p.severity == "error" else "yellow"
-            t.add_row(f"[{colour}]{p.severity}[/{colour}]", p.path, p.message)
-        console.print(t)
-        if len(ordered) > MAX_ROWS:
-            console.print(f"... and {len(ordered) - MAX_ROWS} more (use --json FILE for the full list)")
+    ordered = report.errors + report.warnings
+    for p in ordered[:MAX_ROWS]:
+        colour = "red" if p.severity == "error" else "yellow"
+        console.print(f"[{colour}]{p.severity:7s}[/{colour}] {escape(p.path)}: {escape(p.message)}",
+                      soft_wrap=True)
+    if len(ordered) > MAX_ROWS:
+        console.print(f"... and {len(ordered) - MAX_ROWS} more (use --json FILE for the full list)")
     if json_out is not None:
         atomic_write_json(json_out, report.to_json())
     n_err, n_warn = len(report.errors), len(report.warnings)
     if n_err:
-        console.print(f"[red]{n_err} error(s)[/red], {n_warn} warning(s)")
-        raise typer.Exit(1)
+        # a WsssBenchError is how a command exits non-zero here (cli.main turns it into exit code 2)
+        raise WsssBenchError(f"{n_err} error(s), {n_warn} warning(s): the dataset layout is not usable as is",
+                             report.root)
     console.print(f"[green]ok[/green]: no errors, {n_warn} warning(s)")
 
 
