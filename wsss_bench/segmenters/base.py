@@ -156,6 +156,9 @@ class Segmenter:
     hyperparameters: ClassVar[dict[str, Any]] = {}
     #: The segmenter's own test-time protocol (its official test script).
     native: ClassVar[TestTimeSettings] = STANDARD_TEST_SETTINGS.replace(name="native")
+    #: Dense-CRF parameters of the segmenter's own code, used by ``settings("native+crf")`` and
+    #: ``settings("standard+crf")`` (default: the DeepLab-v2 re-implementation's).
+    native_crf: ClassVar[CRFParams] = DEEPLAB_CRF
     #: Extra fields copied into every record this segmenter writes.
     record_fields: ClassVar[dict[str, Any]] = {}
     #: Input normalisation, in 0..1 units: ``(image / 255 - mean) / std`` per channel.
@@ -249,7 +252,7 @@ class Segmenter:
         else:
             raise WsssBenchError(f"unknown test-time settings {which!r} (standard, native, standard+crf, native+crf)")
         if extra == "crf":
-            return s.with_crf(s.crf or DEEPLAB_CRF)
+            return s.with_crf(s.crf or self.native_crf)
         if extra:
             raise WsssBenchError(f"unknown test-time settings {which!r} (standard, native, standard+crf, native+crf)")
         return s
