@@ -10,6 +10,7 @@ Images are chosen reproducibly: the ids common to all runs, ordered by the SHA-1
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,8 @@ def qualitative_grid(records: list[dict[str, Any]], samples: int, stem: Path,
             if pic is not None:
                 ax.imshow(np.clip(pic, 0, 1), interpolation="nearest")
             if row == 0:
-                ax.set_title(label_text, fontsize=6)
+                wrapped = "\n".join(textwrap.fill(part, 24) for part in label_text.split("\n"))
+                ax.set_title(wrapped, fontsize=6)
         axes[row, 0].set_ylabel(image_id, fontsize=6)
     fig.suptitle(title, fontsize=9)
     paths = save_figure(fig, stem, dpi=100, svg=False)  # raster content: PNG only

@@ -336,7 +336,7 @@ def render_html(lb: Leaderboard) -> str:
         for name, caption in (("curves", "mIoU versus background threshold"), ("errors", "IoU / FP / FN share"),
                               ("heatmap", "per-class IoU"), ("grid", "qualitative samples")):
             if name in gr.plots:
-                out.append(f"<h3>{_e(caption.capitalize())}</h3>" + _img_tag(gr.plots[name], caption))
+                out.append(f"<h3>{_e(caption[:1].upper() + caption[1:])}</h3>" + _img_tag(gr.plots[name], caption))
         if gr.grid_ids:
             out.append(f'<p class="legend">Samples: {_e(", ".join(gr.grid_ids))} (chosen by SHA-1 of the id).</p>')
         out.append("</div></section>")
@@ -470,6 +470,3 @@ def render_json(lb: Leaderboard, rel: Path) -> str:
            [{k: _clean(v) for k, v in r.items()} for r in lb.baselines.to_dict(orient="records")]}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
-
-def png_path_exists(p: Path) -> bool:
-    return p.is_file() and p.stat().st_size > 0
