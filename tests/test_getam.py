@@ -1,0 +1,208 @@
+"""GETAM adapter: official checkpoint layout, maps against a step-by-step reference, batching, leaks."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from vit_reference import getam_official_layout, random_state, reference_vit
+
+from wsss_bench.errors import WsssBenchError
+from wsss_bench.methods.backbones import vit as vit_mod
+from wsss_bench.methods.backbones.vit import ViTSpec
+from wsss_bench.methods.getam import GETAMAdapter, filter_getam_checkpoint, getam_token_map
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run far faster single-threaded on the shared CPUs; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# cls_head scaled up so that the (gradient-squared) maps are far above the 1e-5 epsilon
+HEAD_SCALE = {"cls_head.weight": 2000.0}
+
+
+def reference_getam(sd: dict[str, torch.Tensor], x: torch.Tensor, classes: list[int], heads: int,
+                    start: int, n_tokens: int) -> torch.Tensor:
+    """GETAM one class at a time, as ``train_from_init.py`` + ``generate_cam_2`` do it, in plain torch."""
+    v, _, h, w = x.shape
+    out = torch.zeros(v, len(classes), h, w)
+    for vi in range(v):
+        last, _, attns, (gh, gw) = reference_vit(sd, "pretrained.model.", x[vi:vi + 1].requires_grad_(True),
+                                                 heads, "bilinear", n_tokens)
+        # act_postprocess4: ProjectReadout (readout = token 0), grid, 1x1 conv, 3x3 stride-2 conv
+        patches = last[:, n_tokens:]
+        cat = torch.cat([patches, last[:, :1].expand_as(patches)], dim=-1)
+        r = F.gelu(cat @ sd["pretrained.act_postprocess4.0.project.0.weight"].T
+                   + sd["pretrained.act_postprocess4.0.project.0.bias"])
+        r = r.transpose(1, 2).reshape(1, -1, gh, gw)
+        r = F.conv2d(r, sd["pretrained.act_postprocess4.3.weight"], sd["pretrained.act_postprocess4.3.bias"])
+        r = F.conv2d(r, sd["pretrained.act_postprocess4.4.weight"], sd["pretrained.act_postprocess4.4.bias"],
+                     stride=2, padding=1)
+        logits = r.mean(dim=(2, 3)) @ sd["cls_head.weight"].T + sd["cls_head.bias"]
+        for ki, c in enumerate(classes):
+            for a in attns:
+                a.grad = None
+            logits[0, c].backward(retain_graph=True)
+            total = 0
+            for blk in range(start, len(attns)):
+                a, g = attns[blk][0].detach(), attns[blk].grad[0]
+                per_head = []
+                for head in range(a.shape[0]):  # explicit loop over heads
+                    per_head.append((g[head] * a[head]).clamp(min=0))
+                cam = torch.stack(per_head).mean(0) * g.clamp(min=0).mean(0)
+                total = total + cam
+            row = torch.relu(total[0, n_tokens:]).reshape(1, 1, gh, gw)
+            up = F.interpolate(row, size=(h, w), mode="bilinear", align_corners=True)[0, 0]
+            out[vi, ki] = up / (up.max() + 1e-5)
+    return out
+
+
+def save(state: dict[str, torch.Tensor], path) -> str:
+    torch.save(state, path)
+    return str(path)
+
+
+def test_official_vit_b_checkpoint_loads_strictly_and_maps_match_step_by_step_reference(tmp_path):
+    shapes, ignored = getam_official_layout(num_classes=20)
+    sd = random_state(shapes, seed=1, scale=HEAD_SCALE)
+    adapter = GETAMAdapter(20, "vit_base")
+    adapter.load_checkpoint(save(sd, tmp_path / "getam.pth"))
+    loaded = adapter.model.state_dict()
+    assert set(loaded) == set(shapes) - ignored
+    assert all(torch.equal(loaded[k], sd[k]) for k in loaded)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 48, 64)  # 3 x 4 patch grid (non-square), pos embed resized from 24 x 24
+    classes = torch.tensor([3, 11])
+    maps = adapter.forward_maps(x, classes)
+    ref = reference_getam(sd, x, [3, 11], heads=12, start=6, n_tokens=1)
+    assert maps.shape == (1, 2, 48, 64)
+    assert ref.amax() > 0.5  # the check below is not dominated by the epsilon
+    torch.testing.assert_close(maps, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture
+def small_distilled(monkeypatch):
+    """A 2-block, dim-32 distilled DeiT in the official layout (two leading tokens, 4 x 4 pos grid)."""
+    monkeypatch.setitem(vit_mod.VIT_SPECS, "deit_distilled_test", ViTSpec(
+        "deit_base_distilled_patch16_384", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 64}))
+
+    class Small(GETAMAdapter):
+        backbones = ("deit_distilled_test",)
+    return Small
+
+
+def test_distilled_variant_matches_reference_with_two_leading_tokens(tmp_path, small_distilled):
+    shapes, ignored = getam_official_layout(num_classes=5, dim=32, depth=2, grid=4, tokens=2)
+    sd = random_state(shapes, seed=2, scale=HEAD_SCALE)
+    adapter = small_distilled(5, hparams={"start_block": 0})
+    adapter.load_checkpoint(save(sd, tmp_path / "getam_deit.pth"))
+    x = torch.randn(2, 3, 80, 48)
+    maps = adapter.forward_maps(x, torch.tensor([0, 4]))
+    ref = reference_getam(sd, x, [0, 4], heads=2, start=0, n_tokens=2)
+    assert ref.amax() > 0.5
+    torch.testing.assert_close(maps, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_classes_equal_one_class_at_a_time():
+    torch.manual_seed(0)
+    adapter = GETAMAdapter(5, "vit_tiny_demo")
+    adapter.build()
+    with torch.no_grad():
+        adapter.model.cls_head.weight.mul_(1000)
+    x = torch.randn(2, 3, 64, 96)
+    classes = torch.tensor([0, 2, 4])
+    batched = adapter.forward_maps(x, classes)
+    single = torch.stack([torch.cat([adapter.forward_maps(x[v:v + 1], classes[k:k + 1])[0]
+                                     for k in range(3)]) for v in range(2)])
+    assert batched.amax() > 0.5
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+    chunked = GETAMAdapter(5, "vit_tiny_demo", hparams={"grad_batch": 2})
+    chunked.model = adapter.model
+    chunked.start_block = adapter.start_block
+    torch.testing.assert_close(chunked.forward_maps(x, classes), batched, atol=1e-5, rtol=1e-4)
+
+
+def test_start_block_defaults_to_last_half_of_the_blocks():
+    adapter = GETAMAdapter(5, "vit_tiny_demo")
+    adapter.build()
+    assert adapter.start_block == 2  # 4 blocks -> blocks 2, 3
+    with pytest.raises(WsssBenchError, match="start_block"):
+        GETAMAdapter(5, "vit_tiny_demo", hparams={"start_block": 4}).build()
+
+
+def test_token_map_formula_on_a_hand_worked_case():
+    # one block, two heads, N = 2 tokens (class + 1 patch)
+    a = torch.tensor([[[[0.5, 0.5], [0.1, 0.9]], [[0.2, 0.8], [0.3, 0.7]]]])
+    g = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]], [[-1.0, 0.5], [0.0, 0.0]]]])
+    # entry (0, 1): mean_h relu(g*a) = (1.0 + 0.4) / 2 = 0.7; mean_h relu(g) = (2 + 0.5) / 2 = 1.25
+    out = getam_token_map([a], [g], num_prefix=1)
+    torch.testing.assert_close(out, torch.tensor([[0.7 * 1.25]]))
+
+
+def test_no_memory_growth_over_50_images_and_nothing_kept_between_calls():
+    torch.manual_seed(0)
+    adapter = GETAMAdapter(5, "vit_tiny_demo")
+    adapter.build()
+    vit = adapter.model.pretrained.model
+    refs: list[weakref.ref] = []
+    probe = vit.blocks[-1].attn.attn_drop.register_forward_hook(lambda m, i, o: refs.append(weakref.ref(o)))
+    x = torch.randn(1, 3, 32, 32)
+    classes = torch.tensor([1, 3])
+    for _ in range(5):  # warm-up (allocator caches, lazy imports)
+        adapter.forward_maps(x, classes)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(50):
+        adapter.forward_maps(x, classes)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    probe.remove()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert growth < 64 * 1024, f"python memory grew by {growth} bytes over 50 images"
+    assert len(refs) == 55 and all(r() is None for r in refs)  # no attention tensor (or graph) survives
+    assert all(p.grad is None for p in adapter.model.parameters())
+    assert not any(blk.attn.attn_drop._forward_hooks for blk in vit.blocks)
+
+
+def test_filter_strips_module_prefix_and_ignores_decoder_and_imagenet_head():
+    shapes, ignored = getam_official_layout(num_classes=3, dim=8, depth=1, grid=2)
+    sd = {"module." + k: torch.zeros(s) for k, s in shapes.items()}
+    out = filter_getam_checkpoint(sd)
+    assert set(out) == set(shapes) - ignored
+    with pytest.raises(WsssBenchError, match="cls_head"):
+        filter_getam_checkpoint({"pretrained.model.cls_token": torch.zeros(1, 1, 8)})
+
+
+def test_wrong_checkpoint_is_a_one_line_error_naming_the_file(tmp_path):
+    shapes, _ = getam_official_layout(num_classes=5, dim=64, depth=3, grid=14)
+    path = save(random_state(shapes), tmp_path / "short.pth")
+    with pytest.raises(WsssBenchError, match="short.pth.*missing keys: pretrained.model.blocks.3"):
+        GETAMAdapter(5, "vit_tiny_demo").load_checkpoint(path)
+
+
+def test_hybrid_backbone_builds_and_batches(monkeypatch):
+    monkeypatch.setitem(vit_mod.VIT_SPECS, "hybrid_test", ViTSpec(
+        "vit_base_r50_s16_384", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 64}))
+
+    class Small(GETAMAdapter):
+        backbones = ("hybrid_test",)
+    adapter = Small(4)
+    adapter.build()
+    keys = adapter.model.state_dict()
+    assert "pretrained.model.patch_embed.backbone.stem.conv.weight" in keys
+    x = torch.randn(1, 3, 64, 80)
+    both = adapter.forward_maps(x, torch.tensor([0, 3]))
+    one = adapter.forward_maps(x, torch.tensor([3]))
+    assert both.shape == (1, 2, 64, 80)
+    torch.testing.assert_close(both[:, 1:], one, atol=1e-5, rtol=1e-4)
