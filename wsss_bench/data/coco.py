@@ -36,7 +36,7 @@ from wsss_bench.data.base import SegDataset, fingerprint_of, labels_from_mask, s
 from wsss_bench.data.classes import COCO, COCO_CATEGORY_IDS, IGNORE_INDEX, coco_category_to_index
 from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, id_problem, require_dir
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.io import atomic_write_json, read_index_png, sha256_file, write_index_png
+from wsss_bench.io import atomic_path, atomic_write_json, read_index_png, sha256_file
 
 #: Bump when the mask-building rules change: every cache built by an older builder becomes stale.
 BUILDER_NAME = "wsss-bench coco-semantic"
@@ -45,6 +45,7 @@ COCO_SPLITS = ("train", "val")
 CROWD_RULES = ("ignore", "background")
 MASK_ID_KINDS = ("contiguous", "coco")
 MANIFEST = "manifest.json"
+_CAT_TO_INDEX = coco_category_to_index()
 DEFAULT_CACHE = "wsss-bench-masks"
 
 
@@ -97,8 +98,9 @@ def semantic_mask(anns: Iterable[dict], height: int, width: int, crowd: str = "i
     """
     if crowd not in CROWD_RULES:
         raise WsssBenchError(f"crowd must be one of {', '.join(CROWD_RULES)}, got {crowd!r}")
-    cmap = coco_category_to_index() if cat_to_index is None else cat_to_index
-    out = np.zeros((height, width), dtype=np.uint8)
+    cmap = _CAT_TO_INDEX if cat_to_index is None else cat_to_index
+    # pycocotools decodes column-major; painting into a column-major canvas avoids strided copies
+    out = np.zeros((height, width), dtype=np.uint8, order="F")
     painted: list[tuple[float, int, int, np.ndarray]] = []
     crowd_masks: list[np.ndarray] = []
     for ann in anns:
@@ -114,13 +116,13 @@ def semantic_mask(anns: Iterable[dict], height: int, width: int, crowd: str = "i
         painted.append((size, int(ann.get("id", 0)), cmap[cid], m))
     painted.sort(key=lambda t: (-t[0], -t[1]))
     for _, _, index, m in painted:
-        out[m.astype(bool)] = index
+        np.copyto(out, index, where=m.astype(bool, copy=False))
     if crowd == "ignore" and crowd_masks:
-        covered = np.zeros((height, width), dtype=bool)
+        covered = np.zeros((height, width), dtype=bool, order="F")
         for m in crowd_masks:
-            covered |= m.astype(bool)
-        out[covered & (out == 0)] = IGNORE_INDEX
-    return out
+            covered |= m.astype(bool, copy=False)
+        np.copyto(out, IGNORE_INDEX, where=covered & (out == 0))
+    return np.ascontiguousarray(out)
 
 
 def raw_id_lut() -> np.ndarray:
@@ -241,6 +243,20 @@ def manifest_mismatch(man: CacheManifest, crowd: str, ann_sha: str | None) -> st
     return None
 
 
+_PALETTE_BYTES = COCO.palette.astype(np.uint8).tobytes()
+
+
+def write_mask_png(path: Path, mask: np.ndarray) -> None:
+    """Write a class-index mask as a palette PNG, atomically; zlib level 1 (4x faster than the
+    default level 6 for about 25% larger files, which matters for 123k masks)."""
+    from PIL import Image
+
+    im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    im.putpalette(_PALETTE_BYTES)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG", compress_level=1)
+
+
 def _build_one(task: tuple[dict, list[dict], str, str, bool]) -> tuple[str, int]:
     """Worker: build and write one image's mask; returns (id, instance count)."""
     info, anns, out_dir, crowd, skip_existing = task
@@ -250,7 +266,7 @@ def _build_one(task: tuple[dict, list[dict], str, str, bool]) -> tuple[str, int]
             mask = semantic_mask(anns, info["height"], info["width"], crowd)
         except WsssBenchError as e:
             raise WsssBenchError(f"image {info['stem']}: {e.message}") from None
-        write_index_png(out, mask, COCO.palette)
+        write_mask_png(out, mask)
     return info["stem"], len(anns)
 
 
