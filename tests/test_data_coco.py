@@ -234,3 +234,25 @@ def test_coco_option_errors(coco_tree, tmp_path):
         build_dataset("coco", coco_tree.root, "val", labels="xml")
     with pytest.raises(WsssBenchError, match="COCO image folder not found"):
         build_dataset("coco", coco_tree.root, "train")
+
+
+def test_an_interrupted_prepare_is_resumed(coco_tree):
+    res = prepare_coco_masks(coco_tree.root, "val", workers=1)
+    png = res.cache / "COCO_val2014_000000000042.png"
+    want = png.read_bytes()
+    man = json.loads(res.manifest.read_text())
+    res.manifest.write_text(json.dumps({**man, "complete": False}))
+    png.unlink()
+    again = prepare_coco_masks(coco_tree.root, "val", workers=2)
+    assert again.status == "resumed" and png.read_bytes() == want
+    assert json.loads(res.manifest.read_text())["complete"] is True
+    assert len(build_dataset("coco", coco_tree.root, "val")) == 2
+
+
+def test_a_bad_annotation_fails_prepare_naming_the_image(coco_tree):
+    data = json.loads(coco_tree.ann_file.read_text())
+    data["annotations"][4]["category_id"] = 83  # a gap in the raw ids
+    coco_tree.ann_file.write_text(json.dumps(data))
+    for workers in (1, 2):
+        with pytest.raises(WsssBenchError, match="COCO_val2014_000000000007.*category id 83"):
+            prepare_coco_masks(coco_tree.root, "val", workers=workers, force=True)
