@@ -197,15 +197,17 @@ def test_ci_column_against_top_row(board):
 
 
 def test_regeneration_is_deterministic_and_skips_its_own_output(real, tmp_path):
-    _, _, out, _, _ = real
-    lb = out  # pages written next to the records, as leaderboards/demo does
-    cmd = "wsss-bench leaderboard records --out lb --samples 2"
-    build_leaderboard([out], tmp_path / "a", samples=2, command=cmd)
-    build_leaderboard([out], lb, samples=2, command=cmd)
-    build_leaderboard([out], tmp_path / "b", samples=2, command=cmd)  # leaderboard.json in `out` must be skipped
+    _, _, out, paths, seg = real
+    cmd = "wsss-bench leaderboard records --out lb --samples 1"
+    build_leaderboard([out], out, samples=1, command=cmd)  # pages next to the records, as leaderboards/demo
+    assert (out / "leaderboard.json").is_file()
+    # the generated leaderboard.json in the records folder is not taken for a record
+    assert sorted(r["_path"] for r in collect_records([out])) == sorted(str(p) for p in [*paths, seg])
+    build_leaderboard([out], tmp_path / "b", samples=1, command=cmd)
     for name in ("README.md", "index.html", "leaderboard.json", "leaderboard.csv", "leaderboard.tex",
-                 "plots/v1-voc-train-pseudo_label-curves.svg", "plots/v1-voc-train-pseudo_label-curves.png"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+                 "plots/v1-voc-train-pseudo_label-curves.svg", "plots/v1-voc-train-pseudo_label-curves.png",
+                 "plots/v1-voc-train-pseudo_label-samples.png"):
+        assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_grid_pseudo_label_matches_a_naive_rebuild():

@@ -20,6 +20,7 @@ from wsss_bench.reports.render import (
     Leaderboard,
     leaderboard_csv,
     per_class_csv,
+    published_miou,
     render_html,
     render_json,
     render_latex,
@@ -48,7 +49,7 @@ def _published_cells(group: Group, order: list[int], base: Any) -> list[str]:
         rec = group.records[i]
         name = rec.get("method") or rec.get("segmenter") or ""
         rows = _baselines.matching(base, str(name), group.dataset, group.split, group.kind) if name else []
-        cells = [f"{r['miou']:g}" + (f" ({r['variant']})" if r["variant"] else "") for _, r in rows.iterrows()] \
+        cells = [published_miou(r["miou"]) + (f" ({r['variant']})" if r["variant"] else "") for _, r in rows.iterrows()] \
             if len(rows) else []
         out.append("; ".join(cells))
     return out

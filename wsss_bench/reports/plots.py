@@ -98,16 +98,18 @@ def plot_error_bars(labels: list[str], iou: list[float | None], fp: list[float |
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of (TP + FP + FN), mean over classes")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.06), frameon=False)
+    ax.set_title(title, fontsize=10, pad=24)
+    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     paths = save_figure(fig, stem)
     plt.close(fig)
     return paths
 
 
 def plot_class_heatmap(frame: pd.DataFrame, stem: Path, title: str) -> list[Path]:
-    """Runs (rows) x classes (columns) IoU in percent; NaN cells left blank."""
+    """Runs (rows) x classes (columns) IoU in percent; NaN cells left blank, classes that no run
+    scored (absent from the split and never predicted) left out."""
     plt = _mpl()
+    frame = frame.loc[:, frame.notna().any(axis=0)]
     data = 100.0 * frame.to_numpy(dtype=float)
     nr, nc = data.shape
     fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * nc + 2.5), 0.42 * nr + 1.8))

@@ -68,6 +68,13 @@ PUBLISHED_NOTE = ("Published numbers are what the papers and repositories report
                   "code and refinements (see \u201cincludes\u201d). They are not measured here and never ranked.")
 
 
+def published_miou(v: float) -> str:
+    """A published mIoU as the sources print it: one decimal, or two where the source gives two."""
+    if math.isnan(v):
+        return "none stated"
+    return f"{v:.1f}" if abs(round(v * 10) - v * 10) < 1e-9 else f"{v:.2f}"
+
+
 def _ci_text(ci: dict[str, Any] | str | None) -> str:
     if ci is None:
         return ""
@@ -206,7 +213,7 @@ def _published_md(lb: Leaderboard) -> list[str]:
         return lines + ["The baselines file was not found.", ""]
     rows = []
     for _, b in lb.baselines.iterrows():
-        miou = "none stated" if math.isnan(b["miou"]) else f"{b['miou']:g}"
+        miou = published_miou(b["miou"])
         rows.append([md_escape(x) for x in (b["method"], b["variant"], b["backbone"], b["dataset"], b["split"],
                                             b["stage"], miou, b["includes"])]
                     + [f"[{md_escape(b['source'])}]({b['source_url']})" if b["source_url"] else md_escape(b["source"])])
@@ -334,9 +341,9 @@ def render_html(lb: Leaderboard) -> str:
         out.append("</tbody></table></div>")
         out.append('<div class="plots">')
         for name, caption in (("curves", "mIoU versus background threshold"), ("errors", "IoU / FP / FN share"),
-                              ("heatmap", "per-class IoU"), ("grid", "qualitative samples")):
+                              ("heatmap", "Per-class IoU"), ("grid", "Qualitative samples")):
             if name in gr.plots:
-                out.append(f"<h3>{_e(caption[:1].upper() + caption[1:])}</h3>" + _img_tag(gr.plots[name], caption))
+                out.append(f"<h3>{_e(caption)}</h3>" + _img_tag(gr.plots[name], caption))
         if gr.grid_ids:
             out.append(f'<p class="legend">Samples: {_e(", ".join(gr.grid_ids))} (chosen by SHA-1 of the id).</p>')
         out.append("</div></section>")
@@ -356,7 +363,7 @@ def _published_html(lb: Leaderboard) -> list[str]:
             for h in heads]
     out.append("</tr></thead><tbody>")
     for _, b in lb.baselines.iterrows():
-        miou = "none stated" if math.isnan(b["miou"]) else f"{b['miou']:g}"
+        miou = published_miou(b["miou"])
         cells = [f"<td>{_e(b[k])}</td>" for k in ("method", "variant", "backbone", "dataset", "split", "stage")]
         cells.append(f'<td class="num" data-value="{"" if math.isnan(b["miou"]) else b["miou"]}">{_e(miou)}</td>')
         cells.append(f"<td>{_e(b['includes'])}</td>")
