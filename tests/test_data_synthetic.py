@@ -151,6 +151,9 @@ def test_generate_refuses_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(WsssBenchError, match="refusing"):
         generate(foreign, num_images=4)
     assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(WsssBenchError, match="val is not empty"):
+        generate(tmp_path / "tiny", num_images=3)
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_polygon_mask_matches_matplotlib_on_a_concave_star():

@@ -294,10 +294,10 @@ def generate(out_dir: str | os.PathLike, num_images: int = 200, seed: int = 0,
     made by this generator is refused rather than overwritten.
     """
     out = Path(out_dir)
-    if num_images < 2:
-        raise WsssBenchError(f"need at least 2 images (one train, one val), got {num_images}")
     if val_every < 2:
         raise WsssBenchError(f"val_every must be >= 2, got {val_every}")
+    if num_images < val_every:
+        raise WsssBenchError(f"need at least {val_every} images so that val is not empty, got {num_images}")
     if not 1 <= jpeg_quality <= 100:
         raise WsssBenchError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     lo_hi = _size_range(size)
