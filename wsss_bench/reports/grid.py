@@ -57,6 +57,16 @@ def _colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return palette[mask]
 
 
+def _fit(pic: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize (nearest) to fit inside h x w, keeping the aspect ratio."""
+    from PIL import Image
+
+    scale = min(h / pic.shape[0], w / pic.shape[1])
+    size = (max(1, round(pic.shape[1] * scale)), max(1, round(pic.shape[0] * scale)))
+    im = Image.fromarray((pic * 255).astype(np.uint8)).resize(size, Image.NEAREST)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
 def grid_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pseudo-label records of a group whose maps folder exists."""
     out = []
@@ -84,21 +94,22 @@ def qualitative_grid(records: list[dict[str, Any]], samples: int, stem: Path,
     if not ids:
         return [], []
     plt = _mpl()
-    ncol = 2 + 2 * len(recs)
-    fig, axes = plt.subplots(len(ids), ncol, figsize=(1.55 * ncol, 1.6 * len(ids) + 0.6), squeeze=False)
     cmap = plt.get_cmap("jet")
     pos = {i: n for n, i in enumerate(ds.ids)}
-    for row, image_id in enumerate(ids):
+    headers: list[str] = ["image", "ground truth"]
+    for r in recs:
+        headers += [f"{row_label(r)}\nlabel @ {float(r['best_threshold']):.2f}", f"{row_label(r)}\nmap"]
+    rows: list[list[np.ndarray | None]] = []
+    for image_id in ids:
         sample = ds[pos[image_id]]
         image = sample.image.astype(np.float32) / 255.0
         gt = sample.mask
-        cells: list[tuple[str, np.ndarray | None]] = [("image", image)]
-        cells.append(("ground truth", None if gt is None else 0.45 * image + 0.55 * _colorize(gt, palette) / 255.0))
+        cells: list[np.ndarray | None] = [image]
+        cells.append(None if gt is None else 0.45 * image + 0.55 * _colorize(gt, palette) / 255.0)
         for r in recs:
-            name = row_label(r)
             classes, scores = load_cam_file(Path(r["cams_dir"]) / f"{image_id}.npz")
             if scores.shape[1:] != image.shape[:2]:
-                cells += [(f"{name}\n(map size differs)", None), ("", None)]
+                cells += [None, None]  # a map of another size is not drawn
                 continue
             if r.get("label_source") == "maps" or gt is None:
                 label_set = [int(c) for c in classes]
@@ -108,21 +119,31 @@ def qualitative_grid(records: list[dict[str, Any]], samples: int, stem: Path,
             T = len((r.get("sweep") or {}).get("thresholds") or []) or 100
             j = int(min(max(round(float(r["best_threshold"]) * T), 0), T - 1))
             label, m = pseudo_label(classes, scores, label_set, j, T, image.shape[:2])
-            cells.append((f"{name}\nlabel @ {j / T:.2f}", 0.45 * image + 0.55 * _colorize(label, palette) / 255.0))
-            cells.append((f"{name}\nmap", 0.5 * image + 0.5 * cmap(m)[..., :3]))
-        for col, (label_text, pic) in enumerate(cells):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_visible(False)
+            cells.append(0.45 * image + 0.55 * _colorize(label, palette) / 255.0)
+            cells.append(0.5 * image + 0.5 * cmap(m)[..., :3])
+        rows.append(cells)
+    # One mosaic image (fast to draw), each cell fitted into a fixed box, white gaps between.
+    ch, cw, gap = 96, 128, 6
+    mosaic = np.ones((len(rows) * (ch + gap), len(headers) * (cw + gap), 3), np.float32)
+    for ri, cells in enumerate(rows):
+        for ci, pic in enumerate(cells):
             if pic is not None:
-                ax.imshow(np.clip(pic, 0, 1), interpolation="nearest")
-            if row == 0:
-                wrapped = "\n".join(textwrap.fill(part, 24) for part in label_text.split("\n"))
-                ax.set_title(wrapped, fontsize=6)
-        axes[row, 0].set_ylabel(image_id, fontsize=6)
+                fitted = _fit(np.clip(pic, 0, 1), ch, cw)
+                y0 = ri * (ch + gap) + (ch - fitted.shape[0]) // 2
+                x0 = ci * (cw + gap) + (cw - fitted.shape[1]) // 2
+                mosaic[y0:y0 + fitted.shape[0], x0:x0 + fitted.shape[1]] = fitted
+    dpi = 100
+    fig = plt.figure(figsize=(mosaic.shape[1] / dpi + 0.9, mosaic.shape[0] / dpi + 0.9), dpi=dpi)
+    ax = fig.add_axes((0.9 / (mosaic.shape[1] / dpi + 0.9), 0.05, mosaic.shape[1] / dpi / (mosaic.shape[1] / dpi + 0.9),
+                       mosaic.shape[0] / dpi / (mosaic.shape[0] / dpi + 0.9)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for ci, h in enumerate(headers):
+        wrapped = "\n".join(textwrap.fill(part, 22) for part in h.split("\n"))
+        ax.text(ci * (cw + gap) + cw / 2, -4, wrapped, ha="center", va="bottom", fontsize=6)
+    for ri, image_id in enumerate(ids):
+        ax.text(-6, ri * (ch + gap) + ch / 2, image_id, ha="right", va="center", fontsize=6, rotation=90)
     fig.suptitle(title, fontsize=9)
-    paths = save_figure(fig, stem, dpi=100, svg=False)  # raster content: PNG only
+    paths = save_figure(fig, stem, dpi=dpi, svg=False)  # raster content: PNG only
     plt.close(fig)
     return paths, ids

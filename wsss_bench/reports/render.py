@@ -427,7 +427,7 @@ def render_latex(lb: Leaderboard) -> str:
         keys = [k for k in gr.metric_keys if k != "images_per_second"]
         best = {k: _best_rows(gr, k) for k in keys}
         out += ["\\begin{table}[t]", "\\centering", "\\small",
-                f"\\caption{{{tex_escape(gr.group.title)}. Sorted by {tex_escape(lb.sort.display)}.}}",
+                f"\\caption{{{tex_escape(gr.group.title)}. Sorted by {tex_escape(gr.spec(lb.sort.key).display)}.}}",
                 f"\\label{{tab:{gr.group.slug}}}",
                 "\\begin{tabular}{l" + "l" * 2 + "r" * len(keys) + "}", "\\toprule",
                 " & ".join(["Method", "Backbone", "Settings"] + [tex_escape(gr.spec(k).header) for k in keys])
