@@ -37,13 +37,17 @@ IGNORE_INDEX = 255
 def quantise_scores(m: torch.Tensor, num_thresholds: int) -> torch.Tensor:
     """Score bin floor(T * m) of the clamped top score, int64 in 0..T (float32 arithmetic)."""
     m = m.float().clamp(0.0, 1.0)
-    return torch.floor(m * num_thresholds).long().clamp_(0, num_thresholds)
+    # m * T >= 0, so truncation toward zero is the floor; int32 keeps the pixel pass light
+    return (m * num_thresholds).to(torch.int32).clamp_(0, num_thresholds)
 
 
 def top_class(scores: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, class index) per pixel: the max over the K maps and its class (classes ascending, so the
     first maximal map, as torch.max returns it, is the lowest class index)."""
-    m, k = scores.float().max(dim=0)
+    scores = scores.float()
+    if scores.shape[0] == 1:
+        return scores[0], classes[0].expand(scores.shape[1:])
+    m, k = scores.max(dim=0)
     return m, classes[k]
 
 
@@ -99,15 +103,17 @@ class SweepEvaluator:
                                      f"foreground classes 1..{C - 1}", name)
             if cls.unique().numel() != cls.numel():
                 raise WsssBenchError("a class is listed twice in the maps", name)
-            if not bool(torch.isfinite(s).all()):
-                raise WsssBenchError("maps contain NaN or infinite values", name)
             order = torch.argsort(cls)
             cls, s = cls[order], s[order]
 
-        gflat = gt_t.reshape(-1).long()
+        gflat = gt_t.reshape(-1)
+        if gflat.dtype != torch.uint8:
+            if gflat.is_floating_point():
+                raise WsssBenchError(f"ground truth must be integer, got {gflat.dtype}", name)
+            if gflat.numel() and (int(gflat.min()) < 0 or int(gflat.max()) > 255):
+                raise WsssBenchError("ground-truth values must be in 0..255", name)
+        gflat = gflat.to(torch.int32)
         present = torch.bincount(gflat, minlength=256)
-        if present.numel() > 256 or bool((gflat < 0).any()):
-            raise WsssBenchError("ground-truth values must be in 0..255", name)
         bad = present[C:self.ignore_index].nonzero()
         if bad.numel():
             raise WsssBenchError(f"ground-truth value {int(bad[0]) + C} is outside the class set "
@@ -115,20 +121,23 @@ class SweepEvaluator:
         gt_classes = present[:C].nonzero().reshape(-1)
         involved = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long, device=dev), gt_classes, cls]))
         n = involved.numel()
-        lut = torch.full((256,), n * n * (T + 1), dtype=torch.long, device=dev)  # ignore -> dump slot
-        lut[involved] = torch.arange(n, device=dev)
+        # compact class index per gt value; ignored (and any value not involved) -> row n, dropped below
+        lut = torch.full((256,), n, dtype=torch.int32, device=dev)
+        lut[involved] = torch.arange(n, device=dev, dtype=torch.int32)
 
         if cls.numel():
             m, k = top_class(s, lut[cls])
+            if not (math.isfinite(float(m.amax())) and math.isfinite(float(m.amin()))):
+                raise WsssBenchError("maps contain NaN or infinite values", name)
             b = quantise_scores(m, T).reshape(-1)
             p = k.reshape(-1)
         else:  # no class in the image: background everywhere, at every threshold
             b = torch.zeros_like(gflat)
             p = torch.zeros_like(gflat)
-        g = lut[gflat]
-        ignored = g == n * n * (T + 1)
-        idx = torch.where(ignored, g, (g * n + p) * (T + 1) + b)
-        local = torch.bincount(idx, minlength=n * n * (T + 1) + 1)[: n * n * (T + 1)].reshape(n, n, T + 1)
+        g = lut[gflat.long()]
+        idx = (g * n + p) * (T + 1) + b  # int32: (n + 1) * n * (T + 1) is far below 2^31
+        size = n * n * (T + 1)
+        local = torch.bincount(idx, minlength=size + n * (T + 1))[:size].reshape(n, n, T + 1)
 
         calib = is_calibration_id(image_id) if image_id is not None else False
         inv = involved
