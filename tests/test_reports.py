@@ -240,3 +240,15 @@ def test_cli_leaderboard_writes_pages_and_states_the_command(real, tmp_path, cap
     assert f"wsss-bench leaderboard {out} --out {tmp_path / 'lb'} --format md,html --sort fn_ratio" in md
     assert "Protocol version 1" in md
     assert not (tmp_path / "lb" / "leaderboard.csv").exists()
+
+
+def test_runs_with_the_same_label_stay_distinct(tmp_path):
+    a = hand_record(tmp_path / "x" / "cam.json", "cam", 0.5, [0.5, 0.4], method="cam")
+    b = hand_record(tmp_path / "y" / "cam.json", "cam", 0.6, [0.6, 0.7], method="cam")
+    c = hand_record(tmp_path / "y" / "cam2.json", "cam", 0.7, [0.7, 0.7], method="cam")
+    build_leaderboard([a, b, c], tmp_path / "lb", formats=("json",))
+    doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    (g,) = doc["groups"]
+    labels = [r["label"] for r in g["rows"]]
+    assert len(set(labels)) == 3
+    assert [g["per_class_iou"][lab] for lab in labels] == [[0.7, 0.7], [0.6, 0.7], [0.5, 0.4]]

@@ -99,6 +99,7 @@ def group_records(records: list[dict[str, Any]]) -> list[Group]:
         g = Group(r["protocol_version"], str(r["dataset"]), str(r["split"]), str(r["kind"]))
         groups.setdefault(g.key, g).records.append(r)
     for g in groups.values():
+        _unique_labels(g.records)
         names = {tuple(r["classes"]) for r in g.records}
         if len(names) > 1:
             raise WsssBenchError(f"records of {g.title} use different class lists; they cannot share a table",
@@ -114,8 +115,26 @@ def method_name(record: dict[str, Any]) -> str:
     return Path(record.get("_path", "run")).stem
 
 
+def _unique_labels(records: list[dict[str, Any]]) -> None:
+    """Give every record of a group a distinct ``_label`` (the record's file stem added on a clash)."""
+    for r in records:
+        r.pop("_label", None)
+    base = [row_label(r) for r in records]
+    for r, b in zip(records, base, strict=True):
+        r["_label"] = b if base.count(b) == 1 else f"{b} [{Path(r.get('_path', 'run')).stem}]"
+    seen: dict[str, int] = {}
+    for r in records:  # still equal (same stem in different folders): number them
+        n = seen.get(r["_label"], 0)
+        seen[r["_label"]] = n + 1
+        if n:
+            r["_label"] = f"{r['_label']} #{n + 1}"
+
+
 def row_label(record: dict[str, Any]) -> str:
-    """A unique-enough label for plots: method, variant, backbone and settings where present."""
+    """The run's label in tables and plots: method, variant and settings where present (unique in
+    its group once :func:`group_records` has run)."""
+    if record.get("_label"):
+        return str(record["_label"])
     parts = [method_name(record)]
     if record.get("variant"):
         parts.append(str(record["variant"]))
