@@ -142,3 +142,44 @@ def test_create_segmenter_builds_the_named_network():
     assert isinstance(seg, DeepLabV2Segmenter) and seg.model is not None
     assert json.loads(json.dumps(seg.describe()))["native"]["fuse_at"] == "logits"
 
+
+
+_DIST_SCRIPT = """
+import pickle, sys
+import torch
+from wsss_bench.data import build_dataset
+from wsss_bench.segmenters.base import TestTimeSettings
+from wsss_bench.segmenters.deeplab import DeepLabV2Segmenter
+from wsss_bench.segmenters.runner import run_segmentation
+
+torch.manual_seed(0)
+seg = DeepLabV2Segmenter(6, hparams={"width": 8, "blocks": [1, 1, 1, 1]})
+seg.build()
+ds = build_dataset("synthetic", sys.argv[1], "val")
+rec, counts = run_segmentation(seg, ds, TestTimeSettings(name="fast", scales=(1.0,), flip=True))
+if rec is not None:
+    with open(sys.argv[2], "wb") as f:
+        pickle.dump((rec["metrics"], {k: v.tolist() for k, v in counts.items()}), f)
+"""
+
+
+def test_two_process_gloo_run_equals_single_process_run(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    root = generate(tmp_path / "synth", num_images=12, seed=1, size=(32, 40))
+    script = tmp_path / "dist_seg.py"
+    script.write_text(_DIST_SCRIPT)
+    single, dist = tmp_path / "single.pkl", tmp_path / "dist.pkl"
+    subprocess.run([sys.executable, str(script), str(root), str(single)], check=True, timeout=240)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(script), str(root), str(dist)], check=True, timeout=240, capture_output=True)
+    with open(single, "rb") as f:
+        a = pickle.load(f)
+    with open(dist, "rb") as f:
+        b = pickle.load(f)
+    assert a[0] == b[0]
+    order = np.argsort(b[1]["ids"])
+    assert sorted(a[1]["ids"]) == [b[1]["ids"][i] for i in order]
+    np.testing.assert_array_equal(np.asarray(a[1]["tp"])[np.argsort(a[1]["ids"])], np.asarray(b[1]["tp"])[order])
