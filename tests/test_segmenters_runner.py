@@ -183,3 +183,15 @@ def test_two_process_gloo_run_equals_single_process_run(tmp_path):
     order = np.argsort(b[1]["ids"])
     assert sorted(a[1]["ids"]) == [b[1]["ids"][i] for i in order]
     np.testing.assert_array_equal(np.asarray(a[1]["tp"])[np.argsort(a[1]["ids"])], np.asarray(b[1]["tp"])[order])
+
+
+def test_crf_row_is_labelled_and_records_its_parameters(synth):
+    from wsss_bench.refine import crf_available
+    from wsss_bench.segmenters.base import DEEPLAB_CRF
+
+    if not crf_available():
+        pytest.skip("pydensecrf2 not installed")
+    seg = tiny_segmenter(synth.classes.num_classes)
+    rec, _ = run_segmentation(seg, synth, FAST.replace(scales=(1.0,)).with_crf(), limit=1)
+    assert rec["name"] == "deeplabv2-fast+crf" and rec["settings"]["name"] == "fast+crf"
+    assert rec["settings"]["crf"] == DEEPLAB_CRF.to_dict() and rec["num_images"] == 1
