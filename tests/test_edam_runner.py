@@ -70,7 +70,7 @@ def test_native_fusion_equals_hand_written_loop(tmp_path):
 
 
 def test_wsss_bench_run_on_synthetic_with_a_narrow_random_network(tmp_path):
-    data = generate(tmp_path / "shapes", num_images=6, seed=1, size=(40, 56))
+    data = generate(tmp_path / "shapes", num_images=4, seed=1, size=(32, 40))
     ckpt = _tiny_released_checkpoint(tmp_path / "edam_tiny.pth")
     out = tmp_path / "out"
     rc = main(["run", "--method", "edam", "--backbone", TINY, "--checkpoint", str(ckpt),
