@@ -195,3 +195,4 @@ def test_crf_row_is_labelled_and_records_its_parameters(synth):
     rec, _ = run_segmentation(seg, synth, FAST.replace(scales=(1.0,)).with_crf(), limit=1)
     assert rec["name"] == "deeplabv2-fast+crf" and rec["settings"]["name"] == "fast+crf"
     assert rec["settings"]["crf"] == DEEPLAB_CRF.to_dict() and rec["num_images"] == 1
+    assert rec["variant"] == "crf"

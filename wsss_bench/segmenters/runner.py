@@ -213,7 +213,8 @@ def _run(segmenter: Segmenter, ds: SegDataset, s: TestTimeSettings, dev: torch.d
         record = new_record(
             "segmentation", ds.name, ds.split, ds.classes.names, len(ids),
             fingerprint_of({i: ds.mask_path(i) for i in ids}), device=str(dev),
-            name=name or f"{segmenter.name}-{s.name}", segmenter=segmenter.name, backbone=segmenter.backbone,
+            name=name or f"{segmenter.name}-{s.name}", segmenter=segmenter.name,
+            variant="crf" if s.crf is not None else None, backbone=segmenter.backbone,
             settings=s.to_dict(), hyperparameters=dict(segmenter.hparams),
             checkpoint=None if checkpoint is None else os.path.abspath(checkpoint), checkpoint_sha256=sha,
             data_root=os.path.abspath(str(ds.root)), limit=limit, metrics=ev.metrics(), timings=timings,
