@@ -156,3 +156,16 @@ def test_distilled_backbone_drops_both_leading_tokens(monkeypatch):
     with torch.no_grad():
         maps = adapter.forward_maps(torch.randn(1, 3, 48, 64), torch.tensor([0, 2]))
     assert maps.shape == (1, 2, 3, 4) and torch.isfinite(maps).all()
+
+
+def test_bf16_autocast_keeps_the_diffusion_in_float32():
+    torch.manual_seed(0)
+    adapter = ADCAMAdapter(5, "vit_tiny_demo")
+    adapter.build()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = adapter.forward_maps(x, torch.tensor([0, 3]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = adapter.forward_maps(x, torch.tensor([0, 3]))
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, ref, atol=2e-2, rtol=0)

@@ -206,3 +206,17 @@ def test_hybrid_backbone_builds_and_batches(monkeypatch):
     one = adapter.forward_maps(x, torch.tensor([3]))
     assert both.shape == (1, 2, 64, 80)
     torch.testing.assert_close(both[:, 1:], one, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_gives_float32_maps_close_to_fp32():
+    torch.manual_seed(0)
+    adapter = GETAMAdapter(5, "vit_tiny_demo")
+    adapter.build()
+    with torch.no_grad():
+        adapter.model.cls_head.weight.mul_(1000)
+    x = torch.randn(1, 3, 64, 64)
+    ref = adapter.forward_maps(x, torch.tensor([1, 2]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = adapter.forward_maps(x, torch.tensor([1, 2]))
+    assert low.dtype == torch.float32 and ref.amax() > 0.5
+    torch.testing.assert_close(low, ref, atol=5e-2, rtol=0)

@@ -197,14 +197,17 @@ class ADCAMAdapter(MethodAdapter):
             attn = mean_attention(cap.attention_list())
             cap.clear()
         v, _, gh, gw = scores.shape
-        cam = torch.relu(scores[:, classes.to(scores.device).long()]).float().flatten(2)  # [V, K, P]
         n_prefix = int(vit.num_prefix_tokens)
-        if self.hparams["variant"] == "direct":
-            out = direct_coupling(cam, class_token_attention(attn, n_prefix))
-        else:
-            a = refine_attention(patch_attention(attn, n_prefix))
-            out = diffuse(cam, a, int(self.hparams["iterations"]))
-        return normalise_max(out).reshape(v, -1, gh, gw)
+        # the refinement and diffusion run in float32 even under the runner's autocast
+        with torch.autocast(device_type=scores.device.type, enabled=False):
+            cam = torch.relu(scores[:, classes.to(scores.device).long()]).float().flatten(2)  # [V, K, P]
+            attn = attn.float()
+            if self.hparams["variant"] == "direct":
+                out = direct_coupling(cam, class_token_attention(attn, n_prefix))
+            else:
+                a = refine_attention(patch_attention(attn, n_prefix))
+                out = diffuse(cam, a, int(self.hparams["iterations"]))
+            return normalise_max(out).reshape(v, -1, gh, gw)
 
 
 def filter_adcam_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
