@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "wsss_bench.commands.eval_cmd",
     "wsss_bench.commands.datasets_cmd",
     "wsss_bench.commands.report_cmd",
+    "wsss_bench.commands.demo_cmd",
 ]
 
 _STATE = {"debug": False}

@@ -1,0 +1,169 @@
+"""Training the small demo models on the synthetic set (``wsss-bench demo train``).
+
+Each built-in method gets a small network of its own architecture, trained from a seed on CPU with
+the method's classification objective on image-level labels (multi-label soft margin):
+
+- ``cam``: the ResNet classifier after global average pooling (IRN's ``Net.forward``).
+- ``edam``: global average pooling of the raw DA-layer outputs, the extra channel trained as an
+  always-present background class so the per-pixel L2 normalisation has a background to favour.
+  EDAM's collaborative multi-attention module is a training-time component we do not build; it is
+  left out of the demo objective (stated here and in the weights manifest).
+- ``getam``: GETAM's classification path (``cls_head`` on the pooled block-11 tokens).
+- ``ad-cam``: the patch-token classifier after global average pooling.
+- ``more``: the classifier after global max pooling (MoRe's ``pooling='gmp'``) plus the same loss on
+  the global-max-pooled LAM of the GCR-refined class tokens, our stand-in for MoRe's class-token
+  objectives so that the LAM is trained (stated in the manifest).
+
+Images are resized to the method's training size; the model is saved as safetensors in the
+layout its adapter loads (``wsss_bench/demo/weights/<method>.safetensors``), with a manifest entry
+(SHA-256, seed, steps, command).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss_bench.io import atomic_path, atomic_write_json, sha256_file
+from wsss_bench.methods.base import MethodAdapter
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    method: str
+    backbone: str
+    train_size: int
+    steps: int
+    lr: float
+    objective: str
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    "cam": DemoModel("cam", "resnet-tiny", 112, 500, 2e-3, "multi-label soft margin on GAP logits"),
+    "edam": DemoModel("edam", "resnet38-w0.0625", 112, 400, 2e-3,
+                      "multi-label soft margin on GAP of the DA layer (extra channel = background, always on); "
+                      "no collaborative multi-attention"),
+    "getam": DemoModel("getam", "vit_tiny_demo", 128, 600, 1e-3, "multi-label soft margin on cls_head logits"),
+    "ad-cam": DemoModel("ad-cam", "vit_tiny_demo", 128, 600, 1e-3,
+                        "multi-label soft margin on the GAP of the patch-token classifier"),
+    "more": DemoModel("more", "vit_tiny_demo", 224, 500, 1e-3,
+                      "multi-label soft margin on GMP classifier logits + on GMP of the GCR-refined LAM"),
+}
+TRAIN_SET = {"num_images": 480, "seed": 1234, "size": (96, 128)}
+
+
+def _objective(method: str) -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    mlsm = F.multilabel_soft_margin_loss
+
+    def cam(model, x, y):
+        return mlsm(model(x), y)
+
+    def edam(model, x, y):
+        raw = model.mask_layer(model.features(x)).mean(dim=(2, 3))
+        target = torch.cat([y, torch.ones_like(y[:, :1])], dim=1)
+        return mlsm(raw, target)
+
+    def more(model, x, y):
+        tokens, patch_map = model.features(x)
+        logits = model.classifier(F.adaptive_max_pool2d(patch_map, 1)).flatten(1)
+        refined = model.graph_layer(tokens, patch_map.flatten(2).transpose(1, 2))
+        lam = torch.einsum("bchw,bkc->bkhw", patch_map, refined)
+        return mlsm(logits, y) + mlsm(lam.amax(dim=(2, 3)), y)
+
+    return {"cam": cam, "edam": edam, "getam": cam, "ad-cam": cam, "more": more}[method]
+
+
+def _load_training_set(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from wsss_bench.data import build_dataset
+    from wsss_bench.inference.tta import normalise_image, resize_image, to_tensor_image
+    from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD
+
+    ds = build_dataset("synthetic", root, "train")
+    xs, ys = [], []
+    for i in range(len(ds)):
+        s = ds[i]
+        img = resize_image(to_tensor_image(s.image, "cpu"), (size, size))
+        xs.append(normalise_image(img, IMAGENET_MEAN, IMAGENET_STD)[0])
+        ys.append(torch.from_numpy(s.labels))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch.Tensor, seed: int,
+              batch: int = 16, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train ``adapter.model`` in place; returns a small training log."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = adapter.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.15)
+    loss_fn = _objective(spec.method)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(spec.steps):
+        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        xb = x[idx]
+        flip = torch.rand(batch, generator=g) < 0.5
+        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        loss = loss_fn(model, xb, y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if log and (step + 1) % 100 == 0:
+            log(f"{spec.method}: step {step + 1}/{spec.steps} loss {np.mean(losses[-100:]):.4f}")
+    model.eval()
+    return {"seconds": round(time.perf_counter() - t0, 1), "final_loss": round(float(np.mean(losses[-50:])), 4)}
+
+
+def train_demo_models(out: str | Path, seed: int = 0, methods: list[str] | None = None,
+                      data_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Train every demo model and write ``<out>/<method>.safetensors`` and ``<out>/manifest.json``."""
+    from safetensors.torch import save_file
+
+    from wsss_bench.data.classes import SYNTHETIC
+    from wsss_bench.data.synthetic import ensure_synthetic
+    from wsss_bench.methods.registry import load_method
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = ensure_synthetic(Path(data_dir) if data_dir else out / "train-data", TRAIN_SET["num_images"],
+                            TRAIN_SET["seed"], TRAIN_SET["size"])
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name in methods or list(DEMO_MODELS):
+        spec = DEMO_MODELS[name]
+        if spec.train_size not in cache:
+            cache[spec.train_size] = _load_training_set(data, spec.train_size)
+        x, y = cache[spec.train_size]
+        torch.manual_seed(seed)
+        adapter = load_method(name)(SYNTHETIC.num_foreground, backbone=spec.backbone)
+        adapter.build()
+        info = train_one(adapter, spec, x, y, seed, log=log)
+        state = {k: v.detach().contiguous().clone() for k, v in adapter.model.state_dict().items()}
+        target = out / f"{name}.safetensors"
+        with atomic_path(target) as tmp:
+            save_file(state, str(tmp), metadata={"method": name, "backbone": spec.backbone, "seed": str(seed)})
+        manifest[name] = {
+            "file": target.name, "sha256": sha256_file(target), "backbone": spec.backbone, "seed": seed,
+            "steps": spec.steps, "train_size": spec.train_size, "lr": spec.lr, "objective": spec.objective,
+            "train_set": {**TRAIN_SET, "size": list(TRAIN_SET["size"])}, "train_seconds": info["seconds"],
+            "final_loss": info["final_loss"], "parameters": int(sum(v.numel() for v in state.values())),
+            "command": f"wsss-bench demo train --out {out} --seed {seed}",
+            "torch": torch.__version__,
+        }
+        atomic_write_json(manifest_path, manifest)
+        if log:
+            log(f"{name}: saved {target} ({manifest[name]['parameters']:,} values, {info['seconds']} s)")
+    return manifest_path
