@@ -220,3 +220,18 @@ def test_bf16_autocast_gives_float32_maps_close_to_fp32():
         low = adapter.forward_maps(x, torch.tensor([1, 2]))
     assert low.dtype == torch.float32 and ref.amax() > 0.5
     torch.testing.assert_close(low, ref, atol=5e-2, rtol=0)
+
+
+def test_hybrid_official_layout_names_and_shapes_match_the_model():
+    from vit_reference import resnetv2_r50_hybrid_layout
+
+    from wsss_bench.methods.getam import GETAMNet
+    shapes, ignored = getam_official_layout(num_classes=20)
+    shapes["pretrained.model.patch_embed.proj.weight"] = (768, 1024, 1, 1)
+    shapes.update(resnetv2_r50_hybrid_layout("pretrained.model.patch_embed.backbone."))
+    with torch.device("meta"):
+        net = GETAMNet("vit_hybrid", 20)
+    state = filter_getam_checkpoint({k: torch.empty(s, device="meta") for k, s in shapes.items()})
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert own == {k: tuple(v.shape) for k, v in state.items()}
+    assert set(state) == set(shapes) - ignored

@@ -138,3 +138,25 @@ def reference_vit(sd: dict[str, torch.Tensor], prefix: str, x: torch.Tensor, hea
         t = t + (h @ q("mlp.fc2.weight").T + q("mlp.fc2.bias"))
     normed = F.layer_norm(t, (d,), p("norm.weight"), p("norm.bias"), eps)
     return t, normed, attentions, (gh, gw)
+
+
+def resnetv2_r50_hybrid_layout(prefix: str) -> dict[str, tuple[int, ...]]:
+    """Keys -> shapes of timm-0.4 ``vit_base_resnet50_384``'s ``patch_embed.backbone`` (ResNetV2, layers
+    3, 4, 9, no pre-activation; GETAM ``models/resnetv2.py``: ``stem.conv``/``stem.norm``, blocks with
+    ``downsample.{conv,norm}`` on the first block, ``conv1..3``/``norm1..3``)."""
+    shapes: dict[str, tuple[int, ...]] = {"stem.conv.weight": (64, 3, 7, 7), "stem.norm.weight": (64,),
+                                          "stem.norm.bias": (64,)}
+    in_ch = 64
+    for s, (n, mid) in enumerate(((3, 64), (4, 128), (9, 256))):
+        out = mid * 4
+        for j in range(n):
+            b = f"stages.{s}.blocks.{j}."
+            if j == 0:
+                shapes.update({b + "downsample.conv.weight": (out, in_ch, 1, 1),
+                               b + "downsample.norm.weight": (out,), b + "downsample.norm.bias": (out,)})
+            shapes.update({b + "conv1.weight": (mid, in_ch if j == 0 else out, 1, 1),
+                           b + "norm1.weight": (mid,), b + "norm1.bias": (mid,),
+                           b + "conv2.weight": (mid, mid, 3, 3), b + "norm2.weight": (mid,), b + "norm2.bias": (mid,),
+                           b + "conv3.weight": (out, mid, 1, 1), b + "norm3.weight": (out,), b + "norm3.bias": (out,)})
+        in_ch = out
+    return {prefix + k: v for k, v in shapes.items()}
