@@ -18,13 +18,15 @@ Network (only the classification path; the DPT decoder is the segmenter's busine
   a 1 x 1 conv (``3``) and a 3 x 3 stride-2 conv (``4``); then global average pooling and
   ``cls_head`` (Linear D -> classes). These ``act_postprocess4`` weights are on the path from the
   attention to the logits, so they are loaded and used (METHODS.md only names ``cls_head``).
+  The final ``norm`` is loaded (strict load) but, as in the official hook on block 11, not used.
 
 Map, for each class c of the image (``generate_cam_2``): back-propagate c's raw logit; for every
 block l >= ``start_block`` with softmax attention A_l [heads, N, N] and its gradient G_l,
 ``map_l = mean_h clamp(G_l * A_l, min=0) * mean_h clamp(G_l, min=0)``; sum over the blocks; take the
 class-token row (row 0) over the patch columns (after the one or two leading tokens); ReLU; reshape
 to the patch grid; upsample bilinearly with ``align_corners=True`` to the input size; divide by
-max + 1e-5 (``train_from_init.py``). ``start_block`` defaults to ``depth // 2`` (6 for 12 blocks, the
+max + 1e-5 (``train_from_init.py``; note that the maps scale with the squared gradient, so a weak
+classifier gives maxima below the epsilon and maps well under 1, exactly as the official code does). ``start_block`` defaults to ``depth // 2`` (6 for 12 blocks, the
 official ``start_layer=6``; the last half of the blocks for smaller ViTs).
 
 All classes of an image (and all views) go through one forward and one backward pass: the batch
