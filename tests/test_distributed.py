@@ -1,0 +1,102 @@
+"""Two CPU processes under ``torchrun`` (gloo) give exactly the single-process record.
+
+The distributed run goes through the real command line, ``torchrun --nproc-per-node 2 -m wsss_bench run``,
+with explicit rendezvous flags on a free port, the way a user launches it. The reference is the same
+command in one process. Sums of int64 histograms are exact, so every metric must be equal, not close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_bench.cli import main
+from wsss_bench.data.synthetic import generate
+from wsss_bench.methods.cam import CAMAdapter
+
+EXACT_KEYS = ("metrics", "sweep", "best_threshold", "best_threshold_index", "calibrated", "native",
+              "fingerprint", "num_images", "counts_threshold", "classes", "settings", "checkpoint_sha256")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def torchrun() -> list[str]:
+    exe = Path(sys.executable).with_name("torchrun")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WSSS_BENCH_DEBUG="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    # 14 images -> 11 train ids: an odd count, so the two shards differ in size (6 and 5)
+    return generate(tmp_path_factory.mktemp("dist") / "shapes", num_images=14, seed=5, size=(40, 56))
+
+
+@pytest.fixture(scope="module")
+def cam_ckpt(tmp_path_factory):
+    torch.manual_seed(1)
+    a = CAMAdapter(5, backbone="resnet-tiny")
+    a.build()
+    p = tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth"
+    state = {f"resnet50.{k}": v for k, v in a.model.backbone.state_dict().items()}
+    state["classifier.weight"] = a.model.classifier.weight.detach()
+    torch.save(state, p)
+    return p
+
+
+def load_record(out: Path, stem: str) -> tuple[dict, dict[str, np.ndarray]]:
+    rec = json.loads((out / f"{stem}.json").read_text())
+    with np.load(out / rec["per_image_counts"]) as z:
+        counts = {k: z[k] for k in z.files}
+    return rec, counts
+
+
+def test_torchrun_two_gloo_processes_equal_single_process_record(synth, cam_ckpt, tmp_path):
+    args = ["run", "--method", "cam", "--backbone", "resnet-tiny", "--checkpoint", str(cam_ckpt),
+            "--data-root", str(synth), "--split", "train", "--settings", "standard", "--scales", "1.0,0.5",
+            "--device", "cpu", "--workers", "0", "--name", "cam-dist"]
+    single_out, dist_out, dist_cams = tmp_path / "single", tmp_path / "dist", tmp_path / "dist-cams"
+    assert main([*args, "--out", str(single_out)]) == 0
+
+    port = free_port()
+    cmd = [*torchrun(), "--nnodes", "1", "--node-rank", "0", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(port),
+           "-m", "wsss_bench", *args, "--out", str(dist_out), "--save-cams", str(dist_cams)]
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    a, ca = load_record(single_out, "cam-dist")
+    b, cb = load_record(dist_out, "cam-dist")
+    for key in EXACT_KEYS:
+        assert b[key] == a[key], key
+    assert b["timings"]["world_size"] == 2 and a["timings"]["world_size"] == 1
+    ids = (synth / "ImageSets/Segmentation/train.txt").read_text().split()
+    assert b["num_images"] == len(ids) == 11
+    # every image was computed exactly once, by one of the two ranks
+    assert b["cache"] == {"cached": 0, "computed": 11, "recomputed_corrupt": 0}
+    assert sorted(p.stem for p in dist_cams.glob("*.npz")) == sorted(ids)
+    # per-image counts gathered from both ranks equal the single-process ones, image by image
+    assert sorted(ca) == sorted(cb)
+    assert list(cb["ids"]) == sorted(ids)
+    for k in ca:
+        np.testing.assert_array_equal(cb[k], ca[k], err_msg=k)
+    # only rank 0 wrote: one record, one counts file, no temporary leftovers
+    assert sorted(p.name for p in dist_out.iterdir()) == ["cam-dist.counts.npz", "cam-dist.json"]
