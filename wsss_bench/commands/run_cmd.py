@@ -31,8 +31,23 @@ def parse_hparams(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise WsssBenchError(f"--hparam must be KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        out[k.strip()] = literal(v.strip())
     return out
+
+
+def literal(text: str) -> Any:
+    """A CLI value: int, float, true/false, a comma-separated list of those, or the string itself."""
+    if "," in text:
+        return [literal(t) for t in text.split(",") if t.strip()]
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
 
 
 def load_suite(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -60,6 +75,8 @@ def summary_table(records: list[dict[str, Any]]) -> Table:
                       ("images/s", "right")):
         t.add_column(col, justify=just)
     for r in sorted(records, key=lambda r: -(r["metrics"]["miou"] or 0)):
+        if r["kind"] != "pseudo_label":
+            continue
         ips = (r.get("timings") or {}).get("images_per_second")
         t.add_row(r.get("name") or "", r.get("method") or r.get("segmenter") or "",
                   (r.get("settings") or {}).get("name", ""), pct(r["metrics"]["miou"]),
@@ -97,6 +114,12 @@ def run_command(
     thresholds: int = typer.Option(100, "--thresholds", help="Number of sweep thresholds T."),
     limit: int = typer.Option(None, "--limit", help="Only the first N images of the split (quick checks)."),
     demo_images: int = typer.Option(None, "--demo-images", help="Demo only: number of synthetic images."),
+    stage: str = typer.Option("pseudo", "--stage", help="pseudo (localisation maps -> pseudo labels) or "
+                              "segmentation (a segmenter's final predictions)."),
+    segmenter: str = typer.Option(None, "--segmenter", help="Segmenter name for --stage segmentation "
+                                  "(deeplabv2, deeplabv3plus, more, getam)."),
+    save_pred: Path = typer.Option(None, "--save-pred", help="Segmentation: write palette PNG predictions here "
+                                   "(on VOC test: also the server archive)."),
 ) -> None:
     """Run methods' localisation-map inference over a split and score it under the protocol.
 
@@ -107,9 +130,11 @@ def run_command(
       [bold]wsss-bench run --method cam --checkpoint res50_cam.pth --dataset voc --data-root VOC2012 --split train[/bold]
       [bold]wsss-bench run suite.toml --out records/[/bold]
     """
-    from wsss_bench.inference.runner import RunConfig, config_from_dict, run_method
+    from wsss_bench.inference.runner import RunConfig, config_from_dict, run_method, run_segmentation_stage
 
-    if config is None and method is None:
+    if stage not in ("pseudo", "segmentation"):
+        raise WsssBenchError(f"--stage must be pseudo or segmentation, got {stage!r}")
+    if config is None and method is None and segmenter is None:
         from wsss_bench.demo import run_demo
 
         run_demo(out=out if out != Path("wsss-bench-runs") else Path("wsss-bench-demo"), images=demo_images,
@@ -128,13 +153,22 @@ def run_command(
             merged = {**{k: v for k, v in cli.items() if k in ("device", "workers", "out")}, **defaults, **r}
             cfgs.append(config_from_dict(merged, where=f"{config} [[run]] #{i}"))
     else:
-        cfgs = [RunConfig(method=method, checkpoint=None if checkpoint is None else str(checkpoint),
-                          backbone=backbone, hparams=parse_hparams(hparam), name=name, **cli)]
+        if stage == "segmentation" and segmenter is None:
+            raise WsssBenchError("--stage segmentation needs --segmenter NAME")
+        cfgs = [RunConfig(method=method or "", checkpoint=None if checkpoint is None else str(checkpoint),
+                          backbone=backbone, hparams=parse_hparams(hparam), name=name, stage=stage,
+                          segmenter=segmenter, save_pred=None if save_pred is None else str(save_pred), **cli)]
     records = []
     for cfg in cfgs:
         with progress_bar(f"{cfg.run_name()}") as update:
-            res = run_method(cfg, progress=update)
-        if res.record is not None:
+            if cfg.stage == "segmentation":
+                res = run_segmentation_stage(cfg, progress=update)
+            else:
+                res = run_method(cfg, progress=update)
+        if res.record is not None and res.record.get("kind") == "export":
+            console.print(f"[bold]{cfg.run_name()}[/bold]: {res.record['num_images']} predictions in "
+                          f"{res.record['predictions']}; VOC server archive: {res.record.get('export')}")
+        elif res.record is not None:
             records.append(res.record)
             for line in summary_lines(res.record):
                 console.print(f"[bold]{res.record['name']}[/bold]: {line}")

@@ -68,11 +68,16 @@ class RunConfig:
     num_thresholds: int = 100
     limit: int | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    #: ``pseudo`` (localisation maps, this module) or ``segmentation`` (a Segmenter, see
+    #: :func:`run_segmentation_stage`); ``segmenter`` names it, ``save_pred`` keeps its PNGs.
+    stage: str = "pseudo"
+    segmenter: str | None = None
+    save_pred: str | None = None
 
     def run_name(self) -> str:
         if self.name:
             return self.name
-        parts = [self.method, self.settings]
+        parts = [self.segmenter if self.stage == "segmentation" else self.method, self.settings]
         if self.hparams:
             parts += [f"{k}={v}" for k, v in sorted(self.hparams.items())]
         return slug("-".join(str(p) for p in parts))
@@ -448,10 +453,43 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
         hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
                  for k in unknown]
         raise WsssBenchError(f"unknown key {', '.join(hints)} in {where}")
-    if "method" not in d:
+    if d.get("stage", "pseudo") == "segmentation":
+        if not d.get("segmenter"):
+            raise WsssBenchError(f"{where} has stage 'segmentation' but no 'segmenter'")
+        d = {"method": "", **d}
+    elif "method" not in d:
         raise WsssBenchError(f"{where} has no 'method'")
     d = dict(d)
     for key in ("scales", "ignore_band"):
         if key in d and d[key] is not None:
             d[key] = tuple(float(x) for x in d[key])
     return RunConfig(**d)
+
+
+def run_segmentation_stage(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
+    """Final segmentation: a :class:`~wsss_bench.segmenters.base.Segmenter` over a split, scored by
+    the confusion evaluator (or exported for the VOC server on a split without ground truth)."""
+    from wsss_bench.data import build_dataset
+    from wsss_bench.segmenters.registry import create_segmenter
+    from wsss_bench.segmenters.runner import run_segmentation
+
+    if not cfg.segmenter:
+        raise WsssBenchError("--stage segmentation needs --segmenter NAME (see `wsss-bench methods`)")
+    if cfg.data_root is None:
+        raise WsssBenchError("--data-root is required")
+    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, **cfg.dataset_options)
+    seg = create_segmenter(cfg.segmenter, ds.classes.num_classes, backbone=cfg.backbone, hparams=cfg.hparams)
+    if not cfg.checkpoint:
+        raise WsssBenchError(f"segmenter {cfg.segmenter!r} needs --checkpoint")
+    sha = seg.load_checkpoint(cfg.checkpoint)
+    name = cfg.run_name()
+    if cfg.save_pred is None and not ds.has_masks():
+        cfg = dataclasses.replace(cfg, save_pred=str(Path(cfg.out) / f"{name}-pred"))
+    record, counts = run_segmentation(
+        seg, ds, cfg.settings, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
+        workers=cfg.workers, save_pred=cfg.save_pred, progress=progress, limit=cfg.limit, name=name,
+        checkpoint=os.path.abspath(cfg.checkpoint), checkpoint_sha256=sha)
+    if record is None or counts is None:  # another rank, or an export without scoring
+        return RunResult(record, None, None)
+    path = write_record(cfg.out, record, counts, stem=name)
+    return RunResult(record, path, counts)

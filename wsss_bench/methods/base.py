@@ -153,7 +153,7 @@ class MethodAdapter:
             if key not in hp:
                 raise WsssBenchError(
                     f"method {self.name!r} has no hyper-parameter {key!r} (known: {', '.join(sorted(hp)) or 'none'})")
-            hp[key] = type(hp[key])(value) if hp[key] is not None and not isinstance(hp[key], (list, tuple)) else value
+            hp[key] = coerce_like(hp[key], value, f"{self.name} hyper-parameter {key!r}")
         self.hparams = hp
         self.model: nn.Module | None = None
 
@@ -206,6 +206,22 @@ class MethodAdapter:
             "official_code": self.official_code, "backbones": list(self.backbones),
             "hyperparameters": dict(self.hyperparameters), "native": self.native.to_dict(),
         }
+
+
+def coerce_like(default: Any, value: Any, what: str) -> Any:
+    """Convert ``value`` (often a string from the CLI or a suite file) to the type of ``default``."""
+    if default is None or isinstance(default, (list, tuple)) or isinstance(value, type(default)):
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, int):
+                return bool(value)
+            raise ValueError
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise WsssBenchError(f"{what} must be a {type(default).__name__}, got {value!r}") from None
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Any, method: str = "") -> None:

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD, load_strict
+from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD, coerce_like, load_strict
 from wsss_bench.refine import CRFParams
 
 #: View-fusion rules of :class:`TestTimeSettings`.
@@ -184,9 +184,7 @@ class Segmenter:
             if key not in hp:
                 raise WsssBenchError(f"segmenter {self.name!r} has no hyper-parameter {key!r} "
                                      f"(known: {', '.join(sorted(hp)) or 'none'})")
-            default = hp[key]
-            hp[key] = type(default)(value) if default is not None and not isinstance(default, (list, tuple)) \
-                else value
+            hp[key] = coerce_like(hp[key], value, f"{self.name} hyper-parameter {key!r}")
         self.hparams = hp
         self.model: nn.Module | None = None
 
