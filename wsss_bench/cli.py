@@ -59,7 +59,9 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int):  # typer.Exit(n) is returned, not raised, without standalone mode
+            return rv
     except WsssBenchError as e:
         if _STATE["debug"] or "--debug" in (argv if argv is not None else sys.argv):
             raise

@@ -114,6 +114,9 @@ def run_command(
     thresholds: int = typer.Option(100, "--thresholds", help="Number of sweep thresholds T."),
     limit: int = typer.Option(None, "--limit", help="Only the first N images of the split (quick checks)."),
     demo_images: int = typer.Option(None, "--demo-images", help="Demo only: number of synthetic images."),
+    refine: str = typer.Option(None, "--refine", help="Also score a refined row (never the headline): crf, "
+                               "saliency or crf+saliency (EDAM's rules; crf needs the [crf] extra)."),
+    saliency: Path = typer.Option(None, "--saliency", help="Folder of saliency maps <id>.png for --refine saliency."),
     stage: str = typer.Option("pseudo", "--stage", help="pseudo (localisation maps -> pseudo labels) or "
                               "segmentation (a segmenter's final predictions)."),
     segmenter: str = typer.Option(None, "--segmenter", help="Segmenter name for --stage segmentation "
@@ -145,7 +148,8 @@ def run_command(
                precision=precision, batch_size=batch_size, workers=workers, out=str(out),
                save_cams=None if save_cams is None else str(save_cams), fresh=fresh or not resume,
                save_pseudo=None if save_pseudo is None else str(save_pseudo), threshold=threshold,
-               ignore_band=parse_floats(ignore_band, "--ignore-band", 2), num_thresholds=thresholds, limit=limit)
+               ignore_band=parse_floats(ignore_band, "--ignore-band", 2), num_thresholds=thresholds, limit=limit,
+               refine=refine, saliency_dir=None if saliency is None else str(saliency))
     if config is not None:
         defaults, runs = load_suite(config)
         cfgs = []

@@ -32,6 +32,7 @@ from wsss_bench.inference import distributed as D
 from wsss_bench.inference.tta import fuse_views, make_views, normalise_maps, to_tensor_image
 from wsss_bench.io import atomic_write_json, load_cam_file, save_cam_file, write_index_png
 from wsss_bench.methods.base import STANDARD_SETTINGS, InferenceSettings, MethodAdapter
+from wsss_bench.metrics.confusion import ConfusionEvaluator
 from wsss_bench.metrics.sweep import SweepEvaluator, quantise_scores, top_class
 from wsss_bench.records import new_record, slug, write_record
 
@@ -70,6 +71,10 @@ class RunConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     #: ``pseudo`` (localisation maps, this module) or ``segmentation`` (a Segmenter, see
     #: :func:`run_segmentation_stage`); ``segmenter`` names it, ``save_pred`` keeps its PNGs.
+    #: Optional refinement reported as a separate record (never the headline): ``crf``,
+    #: ``saliency`` or ``crf+saliency`` (EDAM's rules, :mod:`wsss_bench.refine`).
+    refine: str | None = None
+    saliency_dir: str | None = None
     stage: str = "pseudo"
     segmenter: str | None = None
     save_pred: str | None = None
@@ -313,8 +318,10 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
         D.barrier(info)
     use_cache = cams_dir is not None and not cfg.fresh
 
+    refiner = make_refiner(cfg)
     my_ids = D.shard(ids, info)
     ev = SweepEvaluator(ds.classes.num_classes, cfg.num_thresholds, device=device)
+    ref_ev = ConfusionEvaluator(ds.classes.num_classes, device=device) if refiner else None
     items = _Items(ds, [index[i] for i in my_ids], cams_dir if use_cache else None)
     stats = {"cached": 0, "computed": 0, "recomputed_corrupt": 0}
     done = 0
@@ -339,8 +346,10 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
             classes = np.nonzero(s.labels)[0] + 1
             if cams_dir is not None and group[0][1] is None:
                 save_cam_file(cams_dir / f"{s.id}.npz", classes, m16.cpu().numpy())
-            ev.update(m16.float(), torch.from_numpy(classes), torch.from_numpy(s.mask).to(device),
-                      image_id=s.id, name=str(ds.mask_path(s.id)))
+            gt = torch.from_numpy(s.mask).to(device)
+            ev.update(m16.float(), torch.from_numpy(classes), gt, image_id=s.id, name=str(ds.mask_path(s.id)))
+            if refiner is not None:
+                ref_ev.update(refiner(s, m16.float(), classes), gt, image_id=s.id)
             done += 1
             if progress:
                 progress(done, len(my_ids))
@@ -349,6 +358,8 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
         torch.cuda.synchronize(device)
 
     D.sync_evaluator(ev, info)
+    if ref_ev is not None:
+        D.sync_evaluator(ref_ev, info)
     for k in list(stats):
         stats[k] = D.all_sum_int(stats[k], info)
     seconds = D.all_max_float(seconds, info)
@@ -383,7 +394,62 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
     record["counts_threshold"] = res["best_threshold"]
     path = write_record(out, record, counts, stem=name)
     log(f"record: {path}")
+    if ref_ev is not None:
+        refined = {k: v for k, v in record.items()
+                   if k not in ("sweep", "best_threshold", "best_threshold_index", "calibrated", "native",
+                                "counts_threshold", "metrics", "per_image_counts", "cams_dir", "pseudo_dir")}
+        refined.update(name=f"{name}-{slug(cfg.refine)}", variant=cfg.refine, metrics=ref_ev.metrics(),
+                       refinement=refinement_params(cfg))
+        rpath = write_record(out, refined, ref_ev.per_image_counts(), stem=refined["name"])
+        log(f"record ({cfg.refine}): {rpath}")
     return RunResult(record, path, counts)
+
+
+REFINEMENTS = ("crf", "saliency", "crf+saliency")
+
+
+def refinement_params(cfg: RunConfig) -> dict[str, Any]:
+    from wsss_bench.refine import EDAM_CRF, EDAM_SALIENCY
+
+    out: dict[str, Any] = {"rule": cfg.refine, "source": "EDAM (allenwu97/EDAM infer_cls.py, eval.py)"}
+    if "crf" in (cfg.refine or ""):
+        out["crf"] = dataclasses.asdict(EDAM_CRF)
+        out["crf_background"] = "(1 - max) ** 1"
+    if "saliency" in (cfg.refine or ""):
+        out["saliency"] = {**dataclasses.asdict(EDAM_SALIENCY), "dir": os.path.abspath(cfg.saliency_dir or "")}
+    return out
+
+
+def make_refiner(cfg: RunConfig) -> Callable[[Any, torch.Tensor, np.ndarray], torch.Tensor] | None:
+    """A function (sample, maps [K,H,W] in [0,1], classes 1-based) -> hard label [H, W], or None."""
+    if not cfg.refine:
+        return None
+    if cfg.refine not in REFINEMENTS:
+        raise WsssBenchError(f"--refine must be one of {', '.join(REFINEMENTS)}, got {cfg.refine!r}")
+    from wsss_bench import refine as R
+
+    use_crf = "crf" in cfg.refine
+    use_sal = "saliency" in cfg.refine
+    if use_crf and not R.crf_available():
+        R.dense_crf(np.zeros((1, 1, 3), np.uint8), np.ones((1, 1, 1), np.float32))  # raises the clear error
+    if use_sal and not cfg.saliency_dir:
+        raise WsssBenchError(f"--refine {cfg.refine} needs --saliency DIR (one <id>.png per image)")
+
+    def refiner(sample: Any, maps: torch.Tensor, classes: np.ndarray) -> torch.Tensor:
+        H, W = maps.shape[-2:]
+        ids = np.concatenate([np.zeros(1, np.int64), classes.astype(np.int64)])
+        if maps.shape[0] == 0:
+            return torch.zeros(H, W, dtype=torch.long, device=maps.device)
+        scores = maps.clamp(0, 1).cpu().numpy()
+        if use_crf:
+            scores_all = R.dense_crf(sample.image, R.with_background(scores))
+            if not use_sal:
+                return torch.from_numpy(ids[np.argmax(scores_all, axis=0)]).to(maps.device)
+            scores = scores_all[1:]
+        sal = R.load_saliency(cfg.saliency_dir, sample.id, (H, W))
+        return torch.from_numpy(R.apply_saliency(scores, sal, classes=classes)).to(maps.device)
+
+    return refiner
 
 
 def fingerprint_ids(ds: Any, ids: list[str]) -> str:
