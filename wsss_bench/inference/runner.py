@@ -183,6 +183,12 @@ def open_cache(path: Path, identity: dict[str, Any], fresh: bool, is_main: bool)
             for p in path.glob("*.npz"):
                 p.unlink()
         atomic_write_json(manifest, identity)
+    if is_main:
+        # temporary files of entries a killed process was writing (io.atomic_path names them
+        # ".<id>.<random>.tmp.npz"); never read as entries, removed so the folder holds maps only
+        for p in path.glob(".*.tmp.npz"):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def read_cached(path: Path, image_id: str, labels: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
