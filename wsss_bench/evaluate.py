@@ -7,7 +7,7 @@ This is what ``wsss-bench eval`` calls: users evaluate what any official code ba
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss_bench.data.base import fingerprint_of
 from wsss_bench.data.classes import ClassSet
-from wsss_bench.errors import WsssBenchError
+from wsss_bench.errors import CarryUserErrors, WsssBenchError, raise_carried
 from wsss_bench.io import load_cam_file, read_index_png
 from wsss_bench.metrics.confusion import ConfusionEvaluator
 from wsss_bench.metrics.sweep import SweepEvaluator
@@ -89,9 +89,9 @@ def _match_files(pred_dir: Path, gt: GroundTruth, suffixes: tuple[str, ...]) -> 
     return files
 
 
-def _loader(reader: Dataset, workers: int) -> DataLoader:
-    return DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers,
-                      collate_fn=lambda x: x, persistent_workers=False)
+def _loader(reader: Dataset, workers: int) -> Iterator[Any]:
+    return raise_carried(DataLoader(CarryUserErrors(reader), batch_size=None, shuffle=False, num_workers=workers,
+                                    collate_fn=lambda x: x, persistent_workers=False))
 
 
 def eval_predictions(pred_dir: str | os.PathLike, gt: GroundTruth, workers: int = 0,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss_bench.errors import WsssBenchError
+from wsss_bench.errors import CarryUserErrors, WsssBenchError, raise_carried
 from wsss_bench.inference import distributed as D
 from wsss_bench.inference.tta import fuse_views, make_views, normalise_maps, to_tensor_image
 from wsss_bench.io import atomic_write_json, load_cam_file, save_cam_file, write_index_png
@@ -227,9 +227,10 @@ class _Items(Dataset):
         return s, maps, status
 
 
-def _loader(items: _Items, workers: int) -> DataLoader:
-    return DataLoader(items, batch_size=None, shuffle=False, num_workers=workers, collate_fn=lambda x: x,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+def _loader(items: _Items, workers: int) -> Iterator[tuple[Any, np.ndarray | None, str]]:
+    loader = DataLoader(CarryUserErrors(items), batch_size=None, shuffle=False, num_workers=workers,
+                        collate_fn=lambda x: x, persistent_workers=False, prefetch_factor=4 if workers else None)
+    return raise_carried(loader)
 
 
 def compute_maps(adapter: MethodAdapter, samples: list[Any], settings: InferenceSettings,

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wsss_bench.data.base import Sample, SegDataset, fingerprint_of
-from wsss_bench.errors import WsssBenchError
+from wsss_bench.errors import CarryUserErrors, WsssBenchError, raise_carried
 from wsss_bench.inference import distributed as D
 from wsss_bench.inference.runner import autocast_context, resolve_device
 from wsss_bench.io import write_index_png
@@ -159,9 +159,9 @@ def _run(segmenter: Segmenter, ds: SegDataset, s: TestTimeSettings, dev: torch.d
     try:
         index = {image_id: i for i, image_id in enumerate(ds.ids)}
         my_ids = D.shard(ids, info)
-        loader = DataLoader(_Subset(ds, [index[i] for i in my_ids]), batch_size=None, shuffle=False,
-                            num_workers=workers, collate_fn=lambda x: x,
-                            prefetch_factor=4 if workers else None)
+        loader = raise_carried(DataLoader(CarryUserErrors(_Subset(ds, [index[i] for i in my_ids])), batch_size=None,
+                                          shuffle=False, num_workers=workers, collate_fn=lambda x: x,
+                                          prefetch_factor=4 if workers else None))
         ev = ConfusionEvaluator(ds.classes.num_classes, device=dev)
         done = 0
         t0: float | None = None
