@@ -31,12 +31,15 @@ class Sample:
 
 
 def safe_join(root: Path, rel: str, what: str = "id") -> Path:
-    """``root / rel``, refusing anything that would leave ``root`` (``..``, absolute paths)."""
+    """``root / rel``, refusing anything that would leave ``root`` (``..``, absolute paths).
+
+    The check is lexical: the user's own symlinks inside the root (a ``JPEGImages`` linked to a
+    shared copy, common on clusters) are followed; only the relative path itself may not climb out.
+    """
     if not rel or rel.startswith(("/", "\\")) or os.path.isabs(rel) or "\x00" in rel:
         raise WsssBenchError(f"{what} {rel!r} is not a relative path inside the dataset root", root)
-    root_r = root.resolve()
-    p = (root_r / rel).resolve()
-    if p != root_r and root_r not in p.parents:
+    norm = os.path.normpath(rel.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../") or os.path.isabs(norm):
         raise WsssBenchError(f"{what} {rel!r} escapes the dataset root", root)
     return root / rel
 

@@ -89,6 +89,8 @@ class VOCSegmentation(SegDataset):
         self.warnings: list[str] = []
         self.list_source = ""
         ids = self._split_ids(vroot, split, _on_bad)
+        if not ids:  # name the list the ids came from (the base class can only name the root)
+            raise WsssBenchError(f"split {split!r} is empty: no image ids", self.list_source or vroot)
         super().__init__(vroot, split, classes, ids)
         if split == "test":
             self._mask_dir = None
