@@ -213,6 +213,8 @@ def read_index_png(path: str | os.PathLike) -> np.ndarray:
             arr = np.array(im)
     except WsssBenchError:
         raise
+    except Image.DecompressionBombError as e:
+        raise WsssBenchError(f"image too large to be a mask ({e})", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise WsssBenchError(f"cannot decode image ({e})", path) from None
     if arr.ndim != 2:
@@ -235,6 +237,8 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return np.array(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise WsssBenchError(f"image too large ({e})", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise WsssBenchError(f"cannot decode image ({e})", path) from None
 
