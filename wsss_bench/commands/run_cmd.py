@@ -25,11 +25,11 @@ def parse_floats(text: str | None, what: str, n: int | None = None) -> tuple[flo
     return vals
 
 
-def parse_hparams(items: list[str] | None) -> dict[str, Any]:
+def parse_hparams(items: list[str] | None, flag: str = "--hparam") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise WsssBenchError(f"--hparam must be KEY=VALUE, got {item!r}")
+            raise WsssBenchError(f"{flag} must be KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = literal(v.strip())
     return out
@@ -117,6 +117,9 @@ def run_command(
     refine: str = typer.Option(None, "--refine", help="Also score a refined row (never the headline): crf, "
                                "saliency or crf+saliency (EDAM's rules; crf needs the [crf] extra)."),
     saliency: Path = typer.Option(None, "--saliency", help="Folder of saliency maps <id>.png for --refine saliency."),
+    data_opt: list[str] = typer.Option(None, "--data-opt", help="Dataset option KEY=VALUE (repeatable): VOC "
+                                       "labels=mask|xml; COCO crowd=ignore|background, masks=DIR, "
+                                       "mask_ids=contiguous|coco, keep_empty=true, cache=DIR."),
     stage: str = typer.Option("pseudo", "--stage", help="pseudo (localisation maps -> pseudo labels) or "
                               "segmentation (a segmenter's final predictions)."),
     segmenter: str = typer.Option(None, "--segmenter", help="Segmenter name for --stage segmentation "
@@ -149,7 +152,8 @@ def run_command(
                save_cams=None if save_cams is None else str(save_cams), fresh=fresh or not resume,
                save_pseudo=None if save_pseudo is None else str(save_pseudo), threshold=threshold,
                ignore_band=parse_floats(ignore_band, "--ignore-band", 2), num_thresholds=thresholds, limit=limit,
-               refine=refine, saliency_dir=None if saliency is None else str(saliency))
+               refine=refine, saliency_dir=None if saliency is None else str(saliency),
+               dataset_options=parse_hparams(data_opt, "--data-opt"))
     if config is not None:
         defaults, runs = load_suite(config)
         cfgs = []
