@@ -208,7 +208,21 @@ def methods_command() -> None:
         hp = ", ".join(f"{k}={v}" for k, v in cls.hyperparameters.items()) or "-"
         t.add_row(name, f"{cls.paper}\n[dim]{cls.official_code}[/dim]", ", ".join(cls.backbones), hp, nat)
     console.print(t)
-    for w in caught:
+    from wsss_bench.segmenters.registry import installed_segmenters
+
+    with warnings.catch_warnings(record=True) as caught_seg:
+        warnings.simplefilter("always")
+        segs = installed_segmenters()
+    t = Table(title="installed segmenters (--stage segmentation)", header_style="bold", show_lines=True)
+    for col in ("name", "paper / official code", "backbones", "native test-time protocol"):
+        t.add_column(col)
+    for name, cls in segs.items():
+        n = cls.native
+        nat = (f"scales {', '.join(map(str, n.scales))}; flip {'yes' if n.flip else 'no'}; fusion {n.fusion}"
+               + (f"; input {n.input_size}" if n.input_size else ""))
+        t.add_row(name, f"{cls.paper}\n[dim]{cls.official_code}[/dim]", ", ".join(cls.backbones), nat)
+    console.print(t)
+    for w in [*caught, *caught_seg]:
         console.print(f"[yellow]warning:[/yellow] {w.message}")
 
 
