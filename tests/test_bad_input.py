@@ -302,3 +302,38 @@ def test_debug_flag_shows_the_traceback(synth, tmp_path):
     assert e.value.path == str(bad) and e.value.__traceback__ is not None
     tb = "".join(__import__("traceback").format_exception(e.value))
     assert "read_rgb_image" in tb  # the traceback reaches the reader that failed
+
+
+@pytest.mark.parametrize(("line", "key", "problem"), [
+    ('batch_size = "four"', "batch_size", "must be an integer"),
+    ("scales = 1.0", "scales", "must be a list"),
+    ('scales = [1.0, "x"]', "scales", "must be a number"),
+    ('flip = "yes"', "flip", "must be true or false"),
+    ("hparams = 3", "hparams", "must be a table"),
+    ("ignore_band = [0.2]", "ignore_band", "list of 2 values"),
+    ("limit = true", "limit", "must be an integer"),
+])
+def test_suite_value_of_the_wrong_type_names_file_and_key(synth, tmp_path, capsys, line, key, problem):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'device = "cpu"\nworkers = 0\n\n[[run]]\nmethod = "center-prior"\ndata_root = "{synth}"\n'
+                     f"{line}\n")
+    fails_cleanly(["run", str(suite), "--out", str(tmp_path / "o")], capsys, suite, tmp_path / "o",
+                  f"'{key}'", problem)
+
+
+def test_suite_values_of_the_right_type_are_accepted(synth, tmp_path):
+    """Integers where floats are due (scales = [1, 0.5]) and tables of options pass the type check."""
+    from wsss_bench.inference.runner import config_from_dict
+
+    cfg = config_from_dict({"method": "center-prior", "data_root": str(synth), "scales": [1, 0.5],
+                            "ignore_band": [0, 0.5], "hparams": {"sigma": 0.3}, "flip": False, "limit": 2,
+                            "dataset_options": {"labels": "mask"}}, where="t")
+    assert cfg.scales == (1.0, 0.5) and all(isinstance(x, float) for x in cfg.scales)
+    assert cfg.ignore_band == (0.0, 0.5) and cfg.hparams == {"sigma": 0.3} and cfg.limit == 2
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--workers", "-1"), ("--limit", "0")])
+def test_negative_workers_or_zero_limit_are_one_line_errors(synth, tmp_path, capsys, flag, value):
+    args = ["run", "--method", "center-prior", "--data-root", str(synth), "--out", str(tmp_path / "o"),
+            "--device", "cpu", flag, value]
+    fails_cleanly(args, capsys, flag, tmp_path / "o")

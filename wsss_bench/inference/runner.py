@@ -17,6 +17,8 @@ import resource
 import shutil
 import sys
 import time
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -290,6 +292,10 @@ def run_method(cfg: RunConfig, progress: Progress | None = None, log: Callable[[
         raise WsssBenchError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.num_thresholds < 1:
         raise WsssBenchError("--thresholds must be >= 1")
+    if cfg.workers < 0:
+        raise WsssBenchError(f"--workers must be >= 0, got {cfg.workers}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise WsssBenchError(f"--limit must be >= 1, got {cfg.limit}")
     device = resolve_device(cfg.device)
     info = D.setup(str(device))
     if device.type == "cuda" and info.active and device.index is None:
@@ -533,10 +539,53 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
     elif "method" not in d:
         raise WsssBenchError(f"{where} has no 'method'")
     d = dict(d)
-    for key in ("scales", "ignore_band"):
-        if key in d and d[key] is not None:
-            d[key] = tuple(float(x) for x in d[key])
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in d.items():
+        d[key] = _coerce(value, hints[key], f"key {key!r} in {where}")
     return RunConfig(**d)
+
+
+def _coerce(value: Any, hint: Any, what: str) -> Any:
+    """``value`` checked against a RunConfig field type (``int``, ``str | None``,
+    ``tuple[float, ...]``, ...); a suite-file value of the wrong type is an error naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], what) if len(inner) == 1 else value
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise WsssBenchError(f"{what} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WsssBenchError(f"{what} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WsssBenchError(f"{what} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise WsssBenchError(f"{what} must be a string, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise WsssBenchError(f"{what} must be a table of KEY = VALUE, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise WsssBenchError(f"{what} must be a list, got {value!r}")
+        n = None if len(args) == 2 and args[1] is Ellipsis else len(args)
+        if n is not None and len(value) != n:
+            raise WsssBenchError(f"{what} must be a list of {n} values, got {value!r}")
+        if not value:
+            raise WsssBenchError(f"{what} must not be empty")
+        return tuple(_coerce(v, args[0], what) for v in value)
+    return value
 
 
 def run_segmentation_stage(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
