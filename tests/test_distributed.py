@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsss_bench.cli import main
 from wsss_bench.data.synthetic import generate
@@ -74,12 +75,19 @@ def test_torchrun_two_gloo_processes_equal_single_process_record(synth, cam_ckpt
             "--data-root", str(synth), "--split", "train", "--settings", "standard", "--scales", "1.0,0.5",
             "--device", "cpu", "--workers", "0", "--name", "cam-dist"]
     single_out, dist_out, dist_cams = tmp_path / "single", tmp_path / "dist", tmp_path / "dist-cams"
-    assert main([*args, "--out", str(single_out)]) == 0
+    single_pseudo, dist_pseudo = tmp_path / "single-pseudo", tmp_path / "dist-pseudo"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank (OMP_NUM_THREADS=1): the same summation order
+    try:
+        assert main([*args, "--out", str(single_out), "--save-pseudo", str(single_pseudo)]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
     port = free_port()
     cmd = [*torchrun(), "--nnodes", "1", "--node-rank", "0", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(port),
-           "-m", "wsss_bench", *args, "--out", str(dist_out), "--save-cams", str(dist_cams)]
+           "-m", "wsss_bench", *args, "--out", str(dist_out), "--save-cams", str(dist_cams),
+           "--save-pseudo", str(dist_pseudo)]
     proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -98,5 +106,10 @@ def test_torchrun_two_gloo_processes_equal_single_process_record(synth, cam_ckpt
     assert list(cb["ids"]) == sorted(ids)
     for k in ca:
         np.testing.assert_array_equal(cb[k], ca[k], err_msg=k)
+    # each rank wrote the pseudo labels of its shard at the all-rank threshold: the same PNGs
+    assert sorted(p.name for p in dist_pseudo.iterdir()) == sorted(f"{i}.png" for i in ids)
+    for i in ids:
+        with Image.open(single_pseudo / f"{i}.png") as x, Image.open(dist_pseudo / f"{i}.png") as y:
+            np.testing.assert_array_equal(np.array(y), np.array(x), err_msg=i)
     # only rank 0 wrote: one record, one counts file, no temporary leftovers
     assert sorted(p.name for p in dist_out.iterdir()) == ["cam-dist.counts.npz", "cam-dist.json"]
