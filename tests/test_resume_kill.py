@@ -18,6 +18,7 @@ import torch
 
 from wsss_bench.cli import main
 from wsss_bench.data.synthetic import generate
+from wsss_bench.errors import WsssBenchError
 from wsss_bench.inference.runner import RunConfig, run_method
 from wsss_bench.io import load_cam_file
 from wsss_bench.methods.cam import CAMAdapter
@@ -157,3 +158,20 @@ def test_damaged_cache_entries_are_reported_and_recomputed(synth, cam_ckpt, tmp_
     assert fresh["cache"] == {"cached": 0, "computed": 6, "recomputed_corrupt": 0}
     for key in SAME_KEYS:
         assert fresh[key] == first[key], key
+
+
+def test_folder_of_foreign_npz_maps_is_not_taken_for_a_cache(synth, cam_ckpt, tmp_path):
+    """Maps without our manifest (another tool's, another dataset's) are never read as cache hits."""
+    base = dict(method="cam", backbone="resnet-tiny", checkpoint=str(cam_ckpt), data_root=str(synth),
+                settings="standard", scales=(1.0,), flip=False, device="cpu", limit=2, name="cam")
+    cache = tmp_path / "cams"
+    run_method(RunConfig(**base, out=str(tmp_path / "a"), save_cams=str(cache)))
+    (cache / "wsss-bench-cache.json").unlink()
+    kept = {p.name: p.read_bytes() for p in cache.glob("*.npz")}
+    with pytest.raises(WsssBenchError, match="not a wsss-bench map cache") as e:
+        run_method(RunConfig(**base, out=str(tmp_path / "b"), save_cams=str(cache)))
+    assert str(cache) in str(e.value) and not (tmp_path / "b").exists()
+    assert {p.name: p.read_bytes() for p in cache.glob("*.npz")} == kept  # nothing touched
+    # --fresh rebuilds the folder as a cache
+    rec = run_method(RunConfig(**base, out=str(tmp_path / "c"), save_cams=str(cache), fresh=True)).record
+    assert rec["cache"]["computed"] == 2 and (cache / "wsss-bench-cache.json").is_file()

@@ -180,6 +180,10 @@ def open_cache(path: Path, identity: dict[str, Any], fresh: bool, is_main: bool)
             raise WsssBenchError(f"the map cache was written by a different run ({', '.join(diff)} differ); "
                                  f"use --fresh to overwrite it or another --save-cams folder", manifest)
     elif is_main:
+        if not fresh and path.is_dir() and any(not p.name.startswith(".") for p in path.glob("*.npz")):
+            # a run writes the manifest before its first entry, so these maps came from elsewhere
+            raise WsssBenchError(f"holds .npz files but no {CACHE_MANIFEST}: not a wsss-bench map cache; "
+                                 f"use another --save-cams folder (or --fresh to delete them)", path)
         path.mkdir(parents=True, exist_ok=True)
         if fresh:
             for p in path.glob("*.npz"):
