@@ -402,7 +402,7 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
         device=str(device), name=name, method=adapter.name, variant=None, backbone=adapter.backbone,
         settings={"name": cfg.settings, **settings.to_dict()}, hyperparameters=dict(adapter.hparams),
         checkpoint=None if cfg.checkpoint is None else os.path.abspath(cfg.checkpoint), checkpoint_sha256=sha,
-        data_root=os.path.abspath(str(ds.root)), label_source="gt",
+        data_root=os.path.abspath(str(ds.root)), label_source=getattr(ds, "label_source", "mask"),
         cams_dir=None if cams_dir is None else os.path.abspath(cams_dir),
         pseudo_dir=None if not cfg.save_pseudo else os.path.abspath(cfg.save_pseudo),
         limit=cfg.limit, num_thresholds=cfg.num_thresholds, cache=stats, timings=timings,
