@@ -18,7 +18,7 @@ def train_command(
     seed: int = typer.Option(0, "--seed", help="Random seed (the shipped weights use 0)."),
     method: list[str] = typer.Option(None, "--method", help="Train only these methods (repeatable)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where to generate the training set "
-                                  "(default <out>/train-data)."),
+                                  "(default: a cached folder in the system temp dir)."),
 ) -> None:
     """Train the small demo networks on the synthetic set, on CPU, from a seed.
 

@@ -22,6 +22,7 @@ layout its adapter loads (``wsss_bench/demo/weights/<method>.safetensors``), wit
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,20 +45,25 @@ class DemoModel:
     steps: int
     lr: float
     objective: str
+    batch: int = 32
+    #: each step resizes its batch to a side drawn uniformly from these (multi-scale training)
+    sizes: tuple[int, ...] = ()
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
-    "cam": DemoModel("cam", "resnet-tiny", 112, 500, 2e-3, "multi-label soft margin on GAP logits"),
-    "edam": DemoModel("edam", "resnet38-w0.0625", 112, 400, 2e-3,
+    "cam": DemoModel("cam", "resnet-tiny", 96, 2000, 1e-2, "multi-label soft margin on GAP logits",
+                     batch=32, sizes=(64, 80, 96)),
+    "edam": DemoModel("edam", "resnet38-w0.0625", 64, 600, 1e-2,
                       "multi-label soft margin on GAP of the DA layer (extra channel = background, always on); "
-                      "no collaborative multi-attention"),
-    "getam": DemoModel("getam", "vit_tiny_demo", 128, 600, 1e-3, "multi-label soft margin on cls_head logits"),
-    "ad-cam": DemoModel("ad-cam", "vit_tiny_demo", 128, 600, 1e-3,
-                        "multi-label soft margin on the GAP of the patch-token classifier"),
-    "more": DemoModel("more", "vit_tiny_demo", 224, 500, 1e-3,
-                      "multi-label soft margin on GMP classifier logits + on GMP of the GCR-refined LAM"),
+                      "no collaborative multi-attention", batch=32),
+    "getam": DemoModel("getam", "vit_tiny_demo", 96, 3000, 1e-3, "multi-label soft margin on cls_head logits",
+                       batch=32),
+    "ad-cam": DemoModel("ad-cam", "vit_tiny_demo", 96, 3000, 1e-3,
+                        "multi-label soft margin on the GAP of the patch-token classifier", batch=32),
+    "more": DemoModel("more", "vit_tiny_demo", 224, 1500, 1e-3,
+                      "multi-label soft margin on GMP classifier logits + on GMP of the GCR-refined LAM", batch=32),
 }
-TRAIN_SET = {"num_images": 480, "seed": 1234, "size": (96, 128)}
+TRAIN_SET = {"num_images": 1440, "seed": 1234, "size": (96, 128)}
 
 
 def _objective(method: str) -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -97,7 +103,7 @@ def _load_training_set(root: Path, size: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch.Tensor, seed: int,
-              batch: int = 16, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              batch: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``adapter.model`` in place; returns a small training log."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -108,9 +114,14 @@ def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch
     loss_fn = _objective(spec.method)
     t0 = time.perf_counter()
     losses = []
+    batch = batch or spec.batch
+    sizes = spec.sizes or (spec.train_size,)
     for step in range(spec.steps):
         idx = torch.randint(0, x.shape[0], (batch,), generator=g)
         xb = x[idx]
+        side = sizes[int(torch.randint(0, len(sizes), (1,), generator=g))]
+        if side != xb.shape[-1]:
+            xb = F.interpolate(xb, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         flip = torch.rand(batch, generator=g) < 0.5
         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
         loss = loss_fn(model, xb, y[idx])
@@ -118,11 +129,28 @@ def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log and (step + 1) % 100 == 0:
             log(f"{spec.method}: step {step + 1}/{spec.steps} loss {np.mean(losses[-100:]):.4f}")
     model.eval()
     return {"seconds": round(time.perf_counter() - t0, 1), "final_loss": round(float(np.mean(losses[-50:])), 4)}
+
+
+def manifest_entry(spec: DemoModel, target: Path, seed: int, info: dict[str, Any],
+                   state: dict[str, torch.Tensor], command: str) -> dict[str, Any]:
+    """The manifest record of one trained demo model (file, SHA-256, seed, recipe, command)."""
+    return {
+        "file": target.name, "sha256": sha256_file(target), "backbone": spec.backbone, "seed": seed,
+        "steps": spec.steps, "train_size": spec.train_size, "sizes": list(spec.sizes or (spec.train_size,)),
+        "batch": spec.batch, "lr": spec.lr, "optimizer": "AdamW (weight decay 1e-4), one-cycle schedule",
+        "augmentation": "horizontal flip; each batch resized to a side drawn from sizes",
+        "objective": spec.objective,
+        "train_set": {**TRAIN_SET, "size": list(TRAIN_SET["size"]), "split": "train"},
+        "train_seconds": info["seconds"], "final_loss": info["final_loss"],
+        "torch_threads": torch.get_num_threads(),
+        "parameters": int(sum(v.numel() for v in state.values())),
+        "command": command, "torch": torch.__version__,
+    }
 
 
 def train_demo_models(out: str | Path, seed: int = 0, methods: list[str] | None = None,
@@ -136,8 +164,11 @@ def train_demo_models(out: str | Path, seed: int = 0, methods: list[str] | None 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = ensure_synthetic(Path(data_dir) if data_dir else out / "train-data", TRAIN_SET["num_images"],
-                            TRAIN_SET["seed"], TRAIN_SET["size"])
+    if data_dir is None:
+        lo, hi = TRAIN_SET["size"]
+        data_dir = Path(tempfile.gettempdir()) / (f"wsss-bench-demo-train-{TRAIN_SET['num_images']}"
+                                                  f"-seed{TRAIN_SET['seed']}-{lo}-{hi}")
+    data = ensure_synthetic(Path(data_dir), TRAIN_SET["num_images"], TRAIN_SET["seed"], TRAIN_SET["size"])
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -155,14 +186,7 @@ def train_demo_models(out: str | Path, seed: int = 0, methods: list[str] | None 
         target = out / f"{name}.safetensors"
         with atomic_path(target) as tmp:
             save_file(state, str(tmp), metadata={"method": name, "backbone": spec.backbone, "seed": str(seed)})
-        manifest[name] = {
-            "file": target.name, "sha256": sha256_file(target), "backbone": spec.backbone, "seed": seed,
-            "steps": spec.steps, "train_size": spec.train_size, "lr": spec.lr, "objective": spec.objective,
-            "train_set": {**TRAIN_SET, "size": list(TRAIN_SET["size"])}, "train_seconds": info["seconds"],
-            "final_loss": info["final_loss"], "parameters": int(sum(v.numel() for v in state.values())),
-            "command": f"wsss-bench demo train --out {out} --seed {seed}",
-            "torch": torch.__version__,
-        }
+        manifest[name] = manifest_entry(spec, target, seed, info, state, f"wsss-bench demo train --out {out} --seed {seed}")
         atomic_write_json(manifest_path, manifest)
         if log:
             log(f"{name}: saved {target} ({manifest[name]['parameters']:,} values, {info['seconds']} s)")
