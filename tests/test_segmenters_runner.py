@@ -124,8 +124,8 @@ def test_split_without_ground_truth_writes_the_server_export(tmp_path):
 def test_registry_lists_builtins_and_warns_naming_a_broken_plugin(monkeypatch):
     assert {"deeplabv2", "deeplabv3plus"} <= set(registry.installed_segmenters())
     broken = EntryPoint("broken-seg", "no_such_package.mod:Seg", registry.GROUP)
-    real = registry._entry_points()
-    monkeypatch.setattr(registry, "_entry_points", lambda: {**real, "broken-seg": broken})
+    real = registry.REGISTRY.entry_points()
+    monkeypatch.setattr(registry.REGISTRY, "entry_points", lambda: {**real, "broken-seg": broken})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         found = registry.installed_segmenters()

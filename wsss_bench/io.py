@@ -268,7 +268,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
     ``.safetensors`` files go through safetensors; anything else through
     ``torch.load(weights_only=True)``. A pickle that carries code is refused without running it.
-    A dict wrapping the weights under ``state_dict``/``model``/``net`` is unwrapped.
+    A dict wrapping the weights under ``state_dict``/``model``/``net``/``model_state_dict``/
+    ``model_state`` (VainF's DeepLab-v3+ training checkpoints) is unwrapped.
     """
     import torch
 
@@ -290,7 +291,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             f"refused to load: not a plain tensor checkpoint (weights_only=True): {first}", path) from None
     except Exception as e:  # noqa: BLE001
         raise WsssBenchError(f"cannot read checkpoint ({type(e).__name__}: {e})", path) from None
-    for key in ("state_dict", "model", "net", "model_state_dict"):
+    for key in ("state_dict", "model", "net", "model_state_dict", "model_state"):  # model_state: VainF's
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break

@@ -22,6 +22,13 @@ import torch
 from torch import nn
 
 from wsss_bench.errors import WsssBenchError
+from wsss_bench.plugins import (  # noqa: F401 - load_strict and coerce_like are re-exported
+    coerce_like,
+    load_checkpoint_strict,
+    load_strict,
+    resolve_backbone,
+    resolve_hparams,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,19 +149,8 @@ class MethodAdapter:
         if num_classes < 1:
             raise WsssBenchError(f"{self.name}: num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
-        if backbone is None and self.backbones:
-            backbone = self.backbones[0]
-        if self.backbones and backbone not in self.backbones:
-            raise WsssBenchError(
-                f"method {self.name!r} has no backbone {backbone!r} (choose from {', '.join(self.backbones)})")
-        self.backbone = backbone
-        hp = dict(self.hyperparameters)
-        for key, value in (hparams or {}).items():
-            if key not in hp:
-                raise WsssBenchError(
-                    f"method {self.name!r} has no hyper-parameter {key!r} (known: {', '.join(sorted(hp)) or 'none'})")
-            hp[key] = coerce_like(hp[key], value, f"{self.name} hyper-parameter {key!r}")
-        self.hparams = hp
+        self.backbone = resolve_backbone(f"method {self.name!r}", self.backbones, backbone)
+        self.hparams = resolve_hparams(f"method {self.name!r}", self.hyperparameters, hparams)
         self.model: nn.Module | None = None
 
     # -- to implement ------------------------------------------------------------------------
@@ -188,17 +184,9 @@ class MethodAdapter:
 
         Returns the SHA-256 of the file.
         """
-        from wsss_bench.io import load_state_dict, sha256_file
-
         if self.model is None:
             self.build()
-        state = load_state_dict(path)
-        try:
-            state = self.filter_checkpoint(state)
-        except WsssBenchError as e:
-            raise WsssBenchError(e.message, path) from None
-        load_strict(self.model, state, path, method=self.name)
-        return sha256_file(path)
+        return load_checkpoint_strict(self.model, path, self.filter_checkpoint, self.name)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -206,41 +194,3 @@ class MethodAdapter:
             "official_code": self.official_code, "backbones": list(self.backbones),
             "hyperparameters": dict(self.hyperparameters), "native": self.native.to_dict(),
         }
-
-
-def coerce_like(default: Any, value: Any, what: str) -> Any:
-    """Convert ``value`` (often a string from the CLI or a suite file) to the type of ``default``."""
-    if default is None or isinstance(default, (list, tuple)) or isinstance(value, type(default)):
-        return value
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            if isinstance(value, int):
-                return bool(value)
-            raise ValueError
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise WsssBenchError(f"{what} must be a {type(default).__name__}, got {value!r}") from None
-
-
-def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Any, method: str = "") -> None:
-    """``load_state_dict(strict=True)`` with a one-line error listing missing/unexpected/mis-shaped keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def short(items: list[str]) -> str:
-            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {short(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatch: {short(shapes)}")
-        who = f"checkpoint does not match {method}" if method else "checkpoint does not match the model"
-        raise WsssBenchError(f"{who}: " + "; ".join(parts), path)
-    model.load_state_dict(state, strict=True)

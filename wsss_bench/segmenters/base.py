@@ -49,7 +49,8 @@ import torch
 from torch import nn
 
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD, coerce_like, load_strict
+from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD
+from wsss_bench.plugins import load_checkpoint_strict, resolve_backbone, resolve_hparams
 from wsss_bench.refine import CRFParams
 
 #: View-fusion rules of :class:`TestTimeSettings`.
@@ -173,19 +174,8 @@ class Segmenter:
             raise WsssBenchError(f"segmenter {self.name!r}: num_classes (background included) must be >= 2, "
                                  f"got {num_classes}")
         self.num_classes = int(num_classes)
-        if backbone is None and self.backbones:
-            backbone = self.backbones[0]
-        if self.backbones and backbone not in self.backbones:
-            raise WsssBenchError(f"segmenter {self.name!r} has no backbone {backbone!r} "
-                                 f"(choose from {', '.join(self.backbones)})")
-        self.backbone = backbone
-        hp = dict(self.hyperparameters)
-        for key, value in (hparams or {}).items():
-            if key not in hp:
-                raise WsssBenchError(f"segmenter {self.name!r} has no hyper-parameter {key!r} "
-                                     f"(known: {', '.join(sorted(hp)) or 'none'})")
-            hp[key] = coerce_like(hp[key], value, f"{self.name} hyper-parameter {key!r}")
-        self.hparams = hp
+        self.backbone = resolve_backbone(f"segmenter {self.name!r}", self.backbones, backbone)
+        self.hparams = resolve_hparams(f"segmenter {self.name!r}", self.hyperparameters, hparams)
         self.model: nn.Module | None = None
 
     # -- to implement ------------------------------------------------------------------------
@@ -215,17 +205,9 @@ class Segmenter:
         Returns the SHA-256 of the file. A mismatch is a :class:`WsssBenchError` naming the file
         and the missing / unexpected / mis-shaped keys.
         """
-        from wsss_bench.io import load_state_dict, sha256_file
-
         if self.model is None:
             self.build()
-        state = load_state_dict(path)
-        try:
-            state = self.filter_checkpoint(state)
-        except WsssBenchError as e:
-            raise WsssBenchError(e.message, path) from None
-        load_strict(self.model, state, path, method=f"segmenter {self.name}")
-        return sha256_file(path)
+        return load_checkpoint_strict(self.model, path, self.filter_checkpoint, f"segmenter {self.name}")
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0..255 float) images [B, H, W, 3] RGB -> normalised float [B, 3, H, W]."""

@@ -339,23 +339,3 @@ class DeepLabV3PlusSegmenter(Segmenter):
 
     def filter_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return strip_prefix(state, ("module.",))
-
-    def load_checkpoint(self, path: str) -> str:
-        """As the base, but also reads VainF's ``{"model_state": ...}`` training checkpoints."""
-        from pathlib import Path
-
-        if Path(path).suffix != ".safetensors" and Path(path).is_file():
-            try:
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - the base loader reports the error properly
-                obj = None
-            if isinstance(obj, dict) and isinstance(obj.get("model_state"), dict):
-                from wsss_bench.io import sha256_file
-                from wsss_bench.methods.base import load_strict
-
-                if self.model is None:
-                    self.build()
-                state = {k: v for k, v in obj["model_state"].items() if isinstance(v, torch.Tensor)}
-                load_strict(self.model, self.filter_checkpoint(state), path, method=f"segmenter {self.name}")
-                return sha256_file(path)
-        return super().load_checkpoint(path)
