@@ -43,6 +43,18 @@ def setup(device: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True)
 
 
+def setup_device(device: torch.device) -> tuple[torch.device, DistInfo]:
+    """Join the process group (if any) and pin this rank's CUDA device (``cuda`` -> ``cuda:LOCAL_RANK``
+    under torchrun); resets the peak-memory counter the run's timings report."""
+    info = setup(str(device))
+    if device.type == "cuda" and info.active and device.index is None:
+        device = torch.device("cuda", info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return device, info
+
+
 def teardown(info: DistInfo) -> None:
     if info.initialised_here and dist.is_initialized():
         dist.destroy_process_group()

@@ -300,13 +300,7 @@ def run_method(cfg: RunConfig, progress: Progress | None = None, log: Callable[[
         raise WsssBenchError(f"--workers must be >= 0, got {cfg.workers}")
     if cfg.limit is not None and cfg.limit < 1:
         raise WsssBenchError(f"--limit must be >= 1, got {cfg.limit}")
-    device = resolve_device(cfg.device)
-    info = D.setup(str(device))
-    if device.type == "cuda" and info.active and device.index is None:
-        device = torch.device("cuda", info.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    device, info = D.setup_device(resolve_device(cfg.device))
     try:
         return _run(cfg, device, info, progress, log, build_dataset)
     finally:

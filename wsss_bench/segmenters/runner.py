@@ -123,12 +123,7 @@ def run_segmentation(segmenter: Segmenter, dataset: SegDataset, settings: str | 
                              f"{dataset.name} has {dataset.classes.num_classes} (background included)")
     dev = resolve_device(device)
     autocast_context(dev, precision)  # validates the precision before any work
-    info = D.setup(str(dev))
-    if dev.type == "cuda" and info.active and dev.index is None:
-        dev = torch.device("cuda", info.local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
+    dev, info = D.setup_device(dev)
     try:
         return _run(segmenter, dataset, s, dev, precision, batch_size, workers, save_pred, progress, limit,
                     name, checkpoint, checkpoint_sha256, export, comp, info)
