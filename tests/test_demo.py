@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,25 @@ def test_method_clears_the_centre_prior_by_ten_points(demo_out, name):
     assert 0.0 < floor < 1.0
     miou = by_name[f"{name}-native"]["metrics"]["miou"]
     assert miou >= floor + FLOOR_MARGIN, (name, miou, floor)
+
+
+def test_demo_train_writes_loadable_weights_and_a_manifest_entry(tmp_path: Path, monkeypatch):
+    import dataclasses
+
+    from wsss_bench.cli import main
+    from wsss_bench.demo import train as demo_train
+
+    small = dataclasses.replace(DEMO_MODELS["cam"], steps=2, train_size=48, sizes=(32, 48), batch=4)
+    monkeypatch.setitem(demo_train.DEMO_MODELS, "cam", small)
+    monkeypatch.setattr(demo_train, "TRAIN_SET", {"num_images": 8, "seed": 1234, "size": (48, 64)})
+    out = tmp_path / "w"
+    rc = main(["demo", "train", "--out", str(out), "--seed", "3", "--method", "cam",
+               "--data-dir", str(tmp_path / "data")])
+    assert rc in (0, None)
+    entry = json.loads((out / "manifest.json").read_text())["cam"]
+    data = (out / "cam.safetensors").read_bytes()
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert entry["seed"] == 3 and entry["steps"] == 2 and entry["sizes"] == [32, 48]
+    assert entry["command"] == f"wsss-bench demo train --out {out} --seed 3"
+    adapter = load_method("cam")(SYNTHETIC.num_foreground, backbone=entry["backbone"])
+    assert adapter.load_checkpoint(str(out / "cam.safetensors")) == entry["sha256"]
