@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cam_helpers import write_tiny_cam_checkpoint
 from PIL import Image
 
 from wsss_bench.cli import main
@@ -36,14 +37,7 @@ def synth(pristine, tmp_path):
 
 @pytest.fixture(scope="module")
 def cam_ckpt(tmp_path_factory):
-    torch.manual_seed(3)
-    a = CAMAdapter(5, backbone="resnet-tiny")
-    a.build()
-    p = tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth"
-    state = {f"resnet50.{k}": v for k, v in a.model.backbone.state_dict().items()}
-    state["classifier.weight"] = a.model.classifier.weight.detach()
-    torch.save(state, p)
-    return p
+    return write_tiny_cam_checkpoint(tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth", seed=3)
 
 
 def train_ids(root: Path) -> list[str]:

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from cam_helpers import write_tiny_cam_checkpoint
 
 from wsss_bench.cli import main
 from wsss_bench.data.synthetic import generate
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.inference.runner import RunConfig, run_method
 from wsss_bench.io import load_cam_file
-from wsss_bench.methods.cam import CAMAdapter
 
 SAME_KEYS = ("metrics", "sweep", "best_threshold", "best_threshold_index", "calibrated", "native",
              "fingerprint", "num_images", "checkpoint_sha256")
@@ -34,14 +33,7 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cam_ckpt(tmp_path_factory):
-    torch.manual_seed(2)
-    a = CAMAdapter(5, backbone="resnet-tiny")
-    a.build()
-    p = tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth"
-    state = {f"resnet50.{k}": v for k, v in a.model.backbone.state_dict().items()}
-    state["classifier.weight"] = a.model.classifier.weight.detach()
-    torch.save(state, p)
-    return p
+    return write_tiny_cam_checkpoint(tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth", seed=2)
 
 
 def cli_args(synth: Path, ckpt: Path, out: Path) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from cam_helpers import write_tiny_cam_checkpoint
 from PIL import Image
 
 from wsss_bench.cli import main
@@ -29,14 +30,7 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_cam_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    a = CAMAdapter(5, backbone="resnet-tiny")
-    a.build()
-    p = tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth"
-    state = {f"resnet50.{k}": v for k, v in a.model.backbone.state_dict().items()}
-    state["classifier.weight"] = a.model.classifier.weight.detach()
-    torch.save(state, p)
-    return p
+    return write_tiny_cam_checkpoint(tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth", seed=0)
 
 
 def irn_state_dict(num_classes: int = 20) -> dict[str, torch.Tensor]:
