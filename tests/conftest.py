@@ -197,3 +197,15 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from wsss_bench.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synthetic") / "shapes", num_images=40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks run far faster single-threaded on the shared CPUs; the count is restored afterwards.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

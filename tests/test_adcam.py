@@ -17,13 +17,7 @@ from wsss_bench.methods.adcam import (
     refine_attention,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_attention(b: int, n: int, seed: int = 0) -> torch.Tensor:

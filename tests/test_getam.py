@@ -16,14 +16,7 @@ from wsss_bench.methods.backbones import vit as vit_mod
 from wsss_bench.methods.backbones.vit import ViTSpec
 from wsss_bench.methods.getam import GETAMAdapter, filter_getam_checkpoint, getam_token_map
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run far faster single-threaded on the shared CPUs; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # cls_head scaled up so that the (gradient-squared) maps are far above the 1e-5 epsilon
