@@ -60,7 +60,6 @@ def test_training_set_is_not_the_demo_set():
 BELOW_FLOOR: dict[str, str] = {
     "getam": "tiny ViT from scratch: gradient-attention maps barely above the centre prior",
     "ad-cam": "tiny ViT from scratch: patch-token CAM diffused by attention barely above the centre prior",
-    "edam": "narrow ResNet-38, 600 steps at 64 px: DA masks below the centre prior",
     "more": "tiny 2-block multi-class-token ViT: LAM barely above the centre prior",
 }
 
@@ -88,6 +87,26 @@ def test_demo_runs_every_method_at_both_settings_and_writes_the_leaderboard(demo
     text = (out / "leaderboard.json").read_text()
     for name in [*DEMO_MODELS, "center-prior"]:
         assert name in text
+
+
+def test_standard_runs_reuse_the_native_maps_only_where_the_settings_are_the_same(demo_out):
+    from wsss_bench.inference.runner import RunConfig, resolve_settings
+
+    _, by_name = demo_out
+    for name in DEMO_MODELS:
+        native, standard = by_name[f"{name}-native"], by_name[f"{name}-standard"]
+        adapter = load_method(name)(SYNTHETIC.num_foreground, backbone=native["backbone"])
+        same = (resolve_settings(adapter, RunConfig(method=name, settings="native"))
+                == resolve_settings(adapter, RunConfig(method=name, settings="standard")))
+        n = native["num_images"]
+        assert native["cache"]["computed"] == n and native["cache"]["cached"] == 0
+        if same:  # read back from the native run's map cache: the same numbers, nothing recomputed
+            assert standard["cache"]["cached"] == n and standard["cache"]["computed"] == 0, name
+            assert standard["metrics"] == native["metrics"], name
+            assert standard["sweep"] == native["sweep"], name
+        else:
+            assert standard["cache"]["computed"] == n, name
+    assert {"cam", "ad-cam"} <= {n for n in DEMO_MODELS if by_name[f"{n}-standard"]["cache"]["cached"]}
 
 
 @pytest.mark.parametrize("name", [

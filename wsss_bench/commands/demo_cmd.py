@@ -17,7 +17,7 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="Folder for <method>.safetensors and manifest.json."),
     seed: int = typer.Option(0, "--seed", help="Random seed (the shipped weights use 0)."),
     method: list[str] = typer.Option(None, "--method", help="Train only these methods (repeatable)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Where to generate the training set "
+    data_dir: Path = typer.Option(None, "--data-dir", help="Directory in which to generate the training sets "
                                   "(default: a cached folder in the system temp dir)."),
 ) -> None:
     """Train the small demo networks on the synthetic set, on CPU, from a seed.

@@ -7,6 +7,7 @@ and the leaderboard (Markdown, HTML, plots) and prints the summary table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from importlib import resources
@@ -31,8 +32,10 @@ def demo_manifest() -> dict[str, Any]:
 def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0,
               methods: list[str] | None = None, settings: tuple[str, ...] = ("native", "standard")) -> list[Any]:
     """RunConfigs of the demo suite."""
+    from wsss_bench.data.classes import SYNTHETIC
     from wsss_bench.errors import WsssBenchError
-    from wsss_bench.inference.runner import RunConfig
+    from wsss_bench.inference.runner import RunConfig, resolve_settings
+    from wsss_bench.methods.registry import load_method
 
     manifest = demo_manifest()
     runs = []
@@ -41,10 +44,22 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
             raise WsssBenchError(f"no shipped demo weights for {name!r}; run `wsss-bench demo train`",
                                  weights_dir())
         entry = manifest[name]
+        adapter = load_method(name)(SYNTHETIC.num_foreground, backbone=entry["backbone"])
+        maps_of: dict[str, str] = {}  # resolved settings -> the map cache of the first run using them
         for s in settings:
-            runs.append(RunConfig(method=name, backbone=entry["backbone"], checkpoint=str(weights_dir() / entry["file"]),
-                                  dataset="synthetic", data_root=str(data_root), split="train", settings=s,
-                                  device=device, workers=workers, out=str(out / "records"), name=f"{name}-{s}"))
+            cfg = RunConfig(method=name, backbone=entry["backbone"], checkpoint=str(weights_dir() / entry["file"]),
+                            dataset="synthetic", data_root=str(data_root), split="train", settings=s,
+                            device=device, workers=workers, out=str(out / "records"), name=f"{name}-{s}")
+            # where a method's standard settings are its native ones (CAM, AD-CAM), the second run
+            # reads the first run's maps from the map cache instead of computing them again; the
+            # first run always starts a fresh cache, so maps from older demo weights are never read
+            key = json.dumps(resolve_settings(adapter, cfg).to_dict(), sort_keys=True)
+            if key in maps_of:
+                cfg = dataclasses.replace(cfg, save_cams=maps_of[key])
+            else:
+                maps_of[key] = str(out / "maps" / f"{name}-{s}")
+                cfg = dataclasses.replace(cfg, save_cams=maps_of[key], fresh=True)
+            runs.append(cfg)
     runs.append(RunConfig(method="center-prior", dataset="synthetic", data_root=str(data_root), split="train",
                           settings="native", device=device, workers=workers, out=str(out / "records"),
                           name="center-prior"))

@@ -4,10 +4,14 @@ Each built-in method gets a small network of its own architecture, trained from 
 the method's classification objective on image-level labels (multi-label soft margin):
 
 - ``cam``: the ResNet classifier after global average pooling (IRN's ``Net.forward``).
-- ``edam``: global average pooling of the raw DA-layer outputs, the extra channel trained as an
-  always-present background class so the per-pixel L2 normalisation has a background to favour.
-  EDAM's collaborative multi-attention module is a training-time component we do not build; it is
-  left out of the demo objective (stated here and in the weights manifest).
+- ``edam``: EDAM's own training path without its transformer (:class:`EDAMTrainingHead`): each
+  class's L2-normalised absolute DA mask weights an average of the projected features, scored by
+  that class's own linear layer, so the masks are trained as the spatial attention the adapter
+  reads. The weighted average is a demo decision (EDAM average-pools the masked features); the
+  collaborative multi-attention transformer is a training-time component we do not build. From
+  scratch the batch norms train (EDAM fine-tunes ImageNet weights with them frozen; frozen at their
+  initial values they left the narrow network unable to learn). An earlier demo objective, global
+  average pooling of the raw DA outputs, saturated every mask (maps near 1 everywhere, 9 mIoU).
 - ``getam``: GETAM's classification path (``cls_head`` on the pooled block-11 tokens).
 - ``ad-cam``: the patch-token classifier after global average pooling.
 - ``more``: the classifier after global max pooling (MoRe's ``pooling='gmp'``) plus the same loss on
@@ -55,14 +59,19 @@ class DemoModel:
     batch: int = 32
     #: each step resizes its batch to a side drawn uniformly from these (multi-scale training)
     sizes: tuple[int, ...] = ()
+    #: images generated for training (``TRAIN_SET``'s seed and sizes); its ``train`` split is used
+    train_images: int | None = None  # None: TRAIN_SET["num_images"]
+    #: ViTs only: ``"masked-patches"`` adds a masked-patch reconstruction loss (see MaskedPatchHead)
+    aux: str = ""
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
     "cam": DemoModel("cam", "resnet-tiny", 96, 2000, 1e-2, "multi-label soft margin on GAP logits",
                      batch=32, sizes=(64, 80, 96)),
-    "edam": DemoModel("edam", "resnet38-w0.0625", 64, 600, 1e-2,
-                      "multi-label soft margin on GAP of the DA layer (extra channel = background, always on); "
-                      "no collaborative multi-attention", batch=32),
+    "edam": DemoModel("edam", "resnet38-w0.0625", 64, 3000, 2e-3,
+                      "multi-label soft margin on per-class scores of the DA-mask-weighted average of "
+                      "projected features (EDAM's d_d/fc_list path without the collaborative transformer)",
+                      batch=32, sizes=(48, 64, 80)),
     "getam": DemoModel("getam", "vit_tiny_demo", 96, 3000, 1e-3, "multi-label soft margin on cls_head logits",
                        batch=32),
     "ad-cam": DemoModel("ad-cam", "vit_tiny_demo", 96, 3000, 1e-3,
@@ -73,18 +82,107 @@ DEMO_MODELS: dict[str, DemoModel] = {
 TRAIN_SET = {"num_images": 1440, "seed": 1234, "size": (96, 128)}
 
 
-def _objective(method: str) -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+class EDAMTrainingHead(torch.nn.Module):
+    """The demo's training-only head for EDAM, after EDAM's ``Net.forward`` without its transformer.
+
+    EDAM multiplies a 1x1 projection of the features (``d_d``, 4096 -> 128, no bias) by each class's
+    L2-normalised absolute DA mask, runs the collaborative multi-attention transformer over the
+    masked features of the mini-batch, average-pools and scores each class with its own 1x1
+    convolution (``fc_list[c]``, no bias). The demo keeps the masked projection, the pooling and the
+    per-class scores and drops the transformer, so the DA masks are trained as spatial attention,
+    exactly the quantity the adapter reads at inference. The head is not saved (the adapter ignores
+    EDAM's training-only keys anyway).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 32):
+        super().__init__()
+        self.d_d = torch.nn.Conv2d(in_channels, hidden, 1, bias=False)
+        self.fc = torch.nn.Parameter(torch.empty(num_classes, hidden))
+        torch.nn.init.xavier_uniform_(self.d_d.weight)
+        torch.nn.init.xavier_uniform_(self.fc)
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        from wsss_bench.methods.edam import da_maps
+
+        feats = model.features(x)
+        masks = da_maps(feats, model.mask_layer.weight)[:, : self.fc.shape[0]]  # [N, K, h, w]
+        proj = self.d_d(feats)  # [N, D, h, w]
+        # mask-weighted average of the projected features: a mask spread over the whole image pools
+        # the background in with the object, so a class scores highest when its mask covers just it
+        pooled = torch.einsum("nkhw,ndhw->nkd", masks, proj) / masks.sum(dim=(2, 3)).clamp_min(1e-6)[..., None]
+        return (pooled * self.fc).sum(-1)  # [N, K]
+
+
+def vit_patch_features(method: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The final patch-token features [B, D, gh, gw] of a demo ViT (the ones its maps are read from)."""
+    from wsss_bench.methods.backbones.vit import tokens_to_grid, vit_forward
+
+    if method == "ad-cam":
+        from wsss_bench.methods.adcam import ADCAM_POS_MODE
+
+        out = vit_forward(model.backbone, x, pos_mode=ADCAM_POS_MODE, final_norm=True)
+        return tokens_to_grid(out.normed[:, out.num_prefix:], out.grid)
+    if method == "getam":
+        out = model.pretrained.forward_tokens(x, keep_blocks=(-1,))
+        last = out.blocks[len(model.pretrained.model.blocks) - 1]
+        return tokens_to_grid(last[:, out.num_prefix:], out.grid)
+    if method == "more":
+        return model.features(x)[1]
+    raise ValueError(f"no ViT patch features for {method!r}")
+
+
+class MaskedPatchHead(torch.nn.Module):
+    """Masked-patch reconstruction (SimMIM-like), a stand-in for the pre-training real ViTs start from.
+
+    Half of the patches of each image are set to the mean colour (0 after normalisation); a linear
+    layer on each final patch token predicts its patch's pixels, scored (mean squared error) on
+    the masked patches only. Filling a hole from its surroundings teaches the attention to look at
+    neighbours, which a from-scratch ViT trained on image labels alone does not learn. Training-only:
+    never saved.
+    """
+
+    def __init__(self, dim: int, patch: int, ratio: float = 0.5):
+        super().__init__()
+        self.patch, self.ratio = patch, ratio
+        self.decode = torch.nn.Conv2d(dim, 3 * patch * patch, 1)
+
+    def loss(self, method: str, model: torch.nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        gh, gw = h // self.patch, w // self.patch
+        keep = (torch.rand(b, 1, gh, gw, generator=g) >= self.ratio).to(x.dtype)
+        pixel_keep = F.interpolate(keep, size=(h, w), mode="nearest")
+        feats = vit_patch_features(method, model, x * pixel_keep)
+        pred = self.decode(feats).flatten(2)  # [B, 3 p^2, gh * gw]
+        target = F.unfold(x, self.patch, stride=self.patch)  # [B, 3 p^2, gh * gw]
+        masked = (1.0 - keep).flatten(1)[:, None, :]
+        return ((pred - target) ** 2 * masked).sum() / (masked.sum() * pred.shape[1]).clamp_min(1.0)
+
+
+def vit_patch_size(method: str, model: torch.nn.Module) -> int:
+    if method == "more":
+        return int(model.encoder.patch_size)
+    vit = model.backbone if method == "ad-cam" else model.pretrained.model
+    size = vit.patch_embed.patch_size
+    return int(size[0] if isinstance(size, tuple) else size)
+
+
+def _training_head(method: str, model: torch.nn.Module, num_classes: int) -> torch.nn.Module | None:
+    """A training-only module whose parameters are optimised with the model but never saved."""
+    if method == "edam":
+        return EDAMTrainingHead(model.out_channels, num_classes)
+    return None
+
+
+def _objective(method: str) -> Callable[..., torch.Tensor]:
     mlsm = F.multilabel_soft_margin_loss
 
-    def cam(model, x, y):
+    def cam(model, head, x, y):
         return mlsm(model(x), y)
 
-    def edam(model, x, y):
-        raw = model.mask_layer(model.features(x)).mean(dim=(2, 3))
-        target = torch.cat([y, torch.ones_like(y[:, :1])], dim=1)
-        return mlsm(raw, target)
+    def edam(model, head, x, y):
+        return mlsm(head(model, x), y)
 
-    def more(model, x, y):
+    def more(model, head, x, y):
         tokens, patch_map = model.features(x)
         logits = model.classifier(F.adaptive_max_pool2d(patch_map, 1)).flatten(1)
         refined = model.graph_layer(tokens, patch_map.flatten(2).transpose(1, 2))
@@ -116,7 +214,21 @@ def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch
     g = torch.Generator().manual_seed(seed)
     model = adapter.model
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=1e-4)
+    # from scratch, batch norms learn their statistics; ResNet-38's train() keeps them frozen, as
+    # EDAM and PSA do when they fine-tune ImageNet weights, which leaves a fresh network unnormalised
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.train()
+    head = _training_head(spec.method, model, int(y.shape[1]))
+    aux = None
+    if spec.aux == "masked-patches":
+        dim = vit_patch_features(spec.method, model, x[:1]).shape[1]
+        aux = MaskedPatchHead(dim, vit_patch_size(spec.method, model))
+    elif spec.aux:
+        raise ValueError(f"unknown auxiliary loss {spec.aux!r}")
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    params += list(aux.parameters()) if aux is not None else []
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.15)
     loss_fn = _objective(spec.method)
     t0 = time.perf_counter()
@@ -131,7 +243,9 @@ def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch
             xb = F.interpolate(xb, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         flip = torch.rand(batch, generator=g) < 0.5
         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        loss = loss_fn(model, xb, y[idx])
+        loss = loss_fn(model, head, xb, y[idx])
+        if aux is not None:
+            loss = loss + aux.loss(spec.method, model, xb, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -152,7 +266,8 @@ def manifest_entry(spec: DemoModel, target: Path, seed: int, info: dict[str, Any
         "batch": spec.batch, "lr": spec.lr, "optimizer": "AdamW (weight decay 1e-4), one-cycle schedule",
         "augmentation": "horizontal flip; each batch resized to a side drawn from sizes",
         "objective": spec.objective,
-        "train_set": {**TRAIN_SET, "size": list(TRAIN_SET["size"]), "split": "train"},
+        "train_set": {**TRAIN_SET, "num_images": spec.train_images or TRAIN_SET["num_images"], "size": list(TRAIN_SET["size"]),
+                      "split": "train"},
         "train_seconds": info["seconds"], "final_loss": info["final_loss"],
         "torch_threads": torch.get_num_threads(),
         "parameters": int(sum(v.numel() for v in state.values())),
@@ -171,20 +286,28 @@ def train_demo_models(out: str | Path, seed: int = 0, methods: list[str] | None 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if data_dir is None:
-        lo, hi = TRAIN_SET["size"]
-        data_dir = Path(tempfile.gettempdir()) / (f"wsss-bench-demo-train-{TRAIN_SET['num_images']}"
-                                                  f"-seed{TRAIN_SET['seed']}-{lo}-{hi}")
-    data = ensure_synthetic(Path(data_dir), TRAIN_SET["num_images"], TRAIN_SET["seed"], TRAIN_SET["size"])
+    lo, hi = TRAIN_SET["size"]
+    sets: dict[int, Path] = {}
+
+    def training_data(count: int) -> Path:
+        # the generator draws image i from (seed, i) alone, so a larger set extends a smaller one
+        # and the val images of one set are never in the train split of another
+        if count not in sets:
+            name = f"wsss-bench-demo-train-{count}-seed{TRAIN_SET['seed']}-{lo}-{hi}"
+            root = Path(data_dir) / name if data_dir is not None else Path(tempfile.gettempdir()) / name
+            sets[count] = ensure_synthetic(root, count, TRAIN_SET["seed"], TRAIN_SET["size"])
+        return sets[count]
+
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     for name in methods or list(DEMO_MODELS):
         spec = DEMO_MODELS[name]
-        if spec.train_size not in cache:
-            cache[spec.train_size] = _load_training_set(data, spec.train_size)
-        x, y = cache[spec.train_size]
+        key = (spec.train_images or TRAIN_SET["num_images"], spec.train_size)
+        if key not in cache:
+            cache[key] = _load_training_set(training_data(key[0]), spec.train_size)
+        x, y = cache[key]
         torch.manual_seed(seed)
         adapter = load_method(name)(SYNTHETIC.num_foreground, backbone=spec.backbone)
         adapter.build()
