@@ -53,48 +53,6 @@ def test_edam_training_reaches_the_da_layer_and_trains_batch_norm_statistics():
     assert not adapter.model.training  # handed back in eval mode
 
 
-def test_masked_patch_loss_is_the_mean_squared_error_on_the_masked_patches_only():
-    torch.manual_seed(0)
-    adapter = load_method("ad-cam")(5, backbone="vit_tiny_demo")
-    adapter.build()
-    model = adapter.model
-    aux = T.MaskedPatchHead(64, T.vit_patch_size("ad-cam", model))
-    assert aux.patch == 16
-    x = torch.randn(2, 3, 32, 48)
-    loss = aux.loss("ad-cam", model, x, torch.Generator().manual_seed(7))
-    # the same draw of kept patches, then a per-patch loop
-    keep = torch.rand(2, 1, 2, 3, generator=torch.Generator().manual_seed(7)) >= aux.ratio
-    xm = x.clone()
-    for n in range(2):
-        for i in range(2):
-            for j in range(3):
-                if not keep[n, 0, i, j]:
-                    xm[n, :, 16 * i:16 * (i + 1), 16 * j:16 * (j + 1)] = 0.0
-    feats = T.vit_patch_features("ad-cam", model, xm)
-    total, count = torch.zeros(()), 0
-    for n in range(2):
-        for i in range(2):
-            for j in range(3):
-                if keep[n, 0, i, j]:
-                    continue
-                pred = aux.decode(feats[n:n + 1, :, i:i + 1, j:j + 1]).reshape(-1)
-                target = x[n, :, 16 * i:16 * (i + 1), 16 * j:16 * (j + 1)].reshape(-1)
-                total = total + ((pred - target) ** 2).sum()
-                count += target.numel()
-    assert count > 0
-    assert torch.allclose(loss, total / count, rtol=1e-5)
-
-
-@pytest.mark.parametrize(("method", "backbone", "patch"), [
-    ("ad-cam", "vit_tiny_demo_p8", 8), ("getam", "vit_tiny_demo", 16), ("more", "vit_tiny_demo", 16)])
-def test_vit_patch_features_lie_on_the_patch_grid(method, backbone, patch):
-    adapter = load_method(method)(5, backbone=backbone)
-    adapter.build()
-    assert T.vit_patch_size(method, adapter.model) == patch
-    feats = T.vit_patch_features(method, adapter.model, torch.randn(1, 3, 4 * patch, 6 * patch))
-    assert feats.shape[0] == 1 and feats.shape[2:] == (4, 6)
-
-
 def test_a_larger_training_set_extends_the_smaller_one(tmp_path):
     from wsss_bench.data.synthetic import ensure_synthetic
 

@@ -61,8 +61,6 @@ class DemoModel:
     sizes: tuple[int, ...] = ()
     #: images generated for training (``TRAIN_SET``'s seed and sizes); its ``train`` split is used
     train_images: int | None = None  # None: TRAIN_SET["num_images"]
-    #: ViTs only: ``"masked-patches"`` adds a masked-patch reconstruction loss (see MaskedPatchHead)
-    aux: str = ""
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
@@ -111,59 +109,6 @@ class EDAMTrainingHead(torch.nn.Module):
         # the background in with the object, so a class scores highest when its mask covers just it
         pooled = torch.einsum("nkhw,ndhw->nkd", masks, proj) / masks.sum(dim=(2, 3)).clamp_min(1e-6)[..., None]
         return (pooled * self.fc).sum(-1)  # [N, K]
-
-
-def vit_patch_features(method: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The final patch-token features [B, D, gh, gw] of a demo ViT (the ones its maps are read from)."""
-    from wsss_bench.methods.backbones.vit import tokens_to_grid, vit_forward
-
-    if method == "ad-cam":
-        from wsss_bench.methods.adcam import ADCAM_POS_MODE
-
-        out = vit_forward(model.backbone, x, pos_mode=ADCAM_POS_MODE, final_norm=True)
-        return tokens_to_grid(out.normed[:, out.num_prefix:], out.grid)
-    if method == "getam":
-        out = model.pretrained.forward_tokens(x, keep_blocks=(-1,))
-        last = out.blocks[len(model.pretrained.model.blocks) - 1]
-        return tokens_to_grid(last[:, out.num_prefix:], out.grid)
-    if method == "more":
-        return model.features(x)[1]
-    raise ValueError(f"no ViT patch features for {method!r}")
-
-
-class MaskedPatchHead(torch.nn.Module):
-    """Masked-patch reconstruction (SimMIM-like), a stand-in for the pre-training real ViTs start from.
-
-    Half of the patches of each image are set to the mean colour (0 after normalisation); a linear
-    layer on each final patch token predicts its patch's pixels, scored (mean squared error) on
-    the masked patches only. Filling a hole from its surroundings teaches the attention to look at
-    neighbours, which a from-scratch ViT trained on image labels alone does not learn. Training-only:
-    never saved.
-    """
-
-    def __init__(self, dim: int, patch: int, ratio: float = 0.5):
-        super().__init__()
-        self.patch, self.ratio = patch, ratio
-        self.decode = torch.nn.Conv2d(dim, 3 * patch * patch, 1)
-
-    def loss(self, method: str, model: torch.nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        b, _, h, w = x.shape
-        gh, gw = h // self.patch, w // self.patch
-        keep = (torch.rand(b, 1, gh, gw, generator=g) >= self.ratio).to(x.dtype)
-        pixel_keep = F.interpolate(keep, size=(h, w), mode="nearest")
-        feats = vit_patch_features(method, model, x * pixel_keep)
-        pred = self.decode(feats).flatten(2)  # [B, 3 p^2, gh * gw]
-        target = F.unfold(x, self.patch, stride=self.patch)  # [B, 3 p^2, gh * gw]
-        masked = (1.0 - keep).flatten(1)[:, None, :]
-        return ((pred - target) ** 2 * masked).sum() / (masked.sum() * pred.shape[1]).clamp_min(1.0)
-
-
-def vit_patch_size(method: str, model: torch.nn.Module) -> int:
-    if method == "more":
-        return int(model.encoder.patch_size)
-    vit = model.backbone if method == "ad-cam" else model.pretrained.model
-    size = vit.patch_embed.patch_size
-    return int(size[0] if isinstance(size, tuple) else size)
 
 
 def _training_head(method: str, model: torch.nn.Module, num_classes: int) -> torch.nn.Module | None:
@@ -220,14 +165,7 @@ def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.train()
     head = _training_head(spec.method, model, int(y.shape[1]))
-    aux = None
-    if spec.aux == "masked-patches":
-        dim = vit_patch_features(spec.method, model, x[:1]).shape[1]
-        aux = MaskedPatchHead(dim, vit_patch_size(spec.method, model))
-    elif spec.aux:
-        raise ValueError(f"unknown auxiliary loss {spec.aux!r}")
     params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
-    params += list(aux.parameters()) if aux is not None else []
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.15)
     loss_fn = _objective(spec.method)
@@ -244,8 +182,6 @@ def train_one(adapter: MethodAdapter, spec: DemoModel, x: torch.Tensor, y: torch
         flip = torch.rand(batch, generator=g) < 0.5
         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
         loss = loss_fn(model, head, xb, y[idx])
-        if aux is not None:
-            loss = loss + aux.loss(spec.method, model, xb, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
