@@ -140,3 +140,30 @@ def test_demo_train_writes_loadable_weights_and_a_manifest_entry(tmp_path: Path,
     assert entry["command"] == f"wsss-bench demo train --out {out} --seed 3"
     adapter = load_method("cam")(SYNTHETIC.num_foreground, backbone=entry["backbone"])
     assert adapter.load_checkpoint(str(out / "cam.safetensors")) == entry["sha256"]
+
+
+def test_parallel_runs_give_the_serial_records_and_order(tmp_path: Path, one_torch_thread):
+    import dataclasses
+
+    from wsss_bench.data.synthetic import ensure_synthetic
+    from wsss_bench.demo import demo_runs, execute_runs
+
+    data = ensure_synthetic(tmp_path / "data", 12, DEMO_SET["seed"], DEMO_SET["size"])
+    serial = execute_runs(demo_runs(data, tmp_path / "a", device="cpu", methods=["cam", "more"]), jobs=1)
+    runs = demo_runs(data, tmp_path / "b", device="cpu", methods=["cam", "more"])
+    parallel = execute_runs(runs, jobs=2)
+    assert [r["name"] for r in parallel] == [c.name for c in runs] == [r["name"] for r in serial]
+    for s, p in zip(serial, parallel, strict=True):
+        assert p["sweep"] == s["sweep"] and p["metrics"] == s["metrics"], s["name"]
+    # cam-standard read cam-native's maps, so it ran after it
+    by_name = {r["name"]: r for r in parallel}
+    assert by_name["cam-standard"]["cache"]["cached"] == by_name["cam-native"]["num_images"]
+    # a failing run stops the suite with its one-line error (file and problem), not a traceback
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    runs = demo_runs(data, tmp_path / "c", device="cpu", methods=["cam"])
+    runs[0] = dataclasses.replace(runs[0], checkpoint=str(bad))
+    from wsss_bench.errors import WsssBenchError
+
+    with pytest.raises(WsssBenchError, match="bad.safetensors"):
+        execute_runs(runs, jobs=2)

@@ -114,6 +114,8 @@ def run_command(
     thresholds: int = typer.Option(100, "--thresholds", help="Number of sweep thresholds T."),
     limit: int = typer.Option(None, "--limit", help="Only the first N images of the split (quick checks)."),
     demo_images: int = typer.Option(None, "--demo-images", help="Demo only: number of synthetic images."),
+    jobs: int = typer.Option(None, "--jobs", help="Demo only: runs at a time, each in its own process "
+                             "with one thread (default: one per CPU core, at most 4; 1 on a GPU)."),
     refine: str = typer.Option(None, "--refine", help="Also score a refined row (never the headline): crf, "
                                "saliency or crf+saliency (EDAM's rules; crf needs the [crf] extra)."),
     saliency: Path = typer.Option(None, "--saliency", help="Folder of saliency maps <id>.png for --refine saliency."),
@@ -144,7 +146,7 @@ def run_command(
         from wsss_bench.demo import run_demo
 
         run_demo(out=out if out != Path("wsss-bench-runs") else Path("wsss-bench-demo"), images=demo_images,
-                 device=device, workers=workers)
+                 device=device, workers=workers, jobs=jobs)
         return
     cli = dict(dataset=dataset, data_root=None if data_root is None else str(data_root), split=split,
                settings=settings, scales=parse_floats(scales, "--scales"), flip=flip, device=device,

@@ -66,25 +66,113 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
     return runs
 
 
+def _run_one(cfg: Any, threads: int, queue: Any) -> dict[str, Any] | tuple[str, str | None]:
+    """Worker process: one demo run with ``threads`` torch threads; progress goes to ``queue``."""
+    import torch
+
+    from wsss_bench.errors import WsssBenchError
+    from wsss_bench.inference.runner import run_method
+
+    torch.set_num_threads(threads)
+    try:
+        return run_method(cfg, progress=lambda done, total: queue.put((cfg.name, done, total))).record
+    except WsssBenchError as e:  # sent back as plain values (the exception's signature does not pickle)
+        return (e.message, e.path)
+
+
+def default_jobs(device: str) -> int:
+    """Parallel demo runs: one per CPU core (at most 4) on the CPU, one on an accelerator."""
+    import os
+
+    import torch
+
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
+    """Run ``runs`` and return their records in order.
+
+    With ``jobs`` > 1 the runs go to that many worker processes with one torch thread each: the
+    demo's networks are too small for several threads to help one run, so running several runs at
+    once uses the cores better. A run that reads another run's map cache starts after it.
+    """
+    from wsss_bench.commands._ui import progress_bar
+    from wsss_bench.errors import WsssBenchError
+    from wsss_bench.inference.runner import run_method
+
+    if jobs <= 1:
+        records = []
+        for cfg in runs:
+            with progress_bar(f"demo: {cfg.name}") as update:
+                records.append(run_method(cfg, progress=update).record)
+        return records
+
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    writers = {cfg.save_cams: cfg.name for cfg in runs if cfg.save_cams and cfg.fresh}
+    after = {cfg.name: writers[cfg.save_cams] for cfg in runs
+             if cfg.save_cams and not cfg.fresh and cfg.save_cams in writers}
+    ctx = mp.get_context("spawn")  # no fork after torch has started its thread pools
+    records: dict[str, dict[str, Any]] = {}
+    total_images: dict[str, int] = {}
+    done_images: dict[str, int] = {}
+    with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
+            progress_bar(f"demo: {len(runs)} runs, {jobs} at a time") as update:
+        q = manager.Queue()
+        # the runs are the parallelism: no DataLoader worker processes inside them
+        pending = {cfg.name: dataclasses.replace(cfg, workers=0) for cfg in runs}
+        running: dict[Any, str] = {}
+
+        def submit_ready() -> None:
+            for name in list(pending):
+                if after.get(name) is None or after[name] in records:
+                    running[pool.submit(_run_one, pending.pop(name), 1, q)] = name
+
+        def drain() -> None:
+            while True:
+                try:
+                    name, d, t = q.get_nowait()
+                except queue_mod.Empty:
+                    break
+                done_images[name], total_images[name] = d, t
+            # the bar counts images over every run (a run's total is known once it starts)
+            update(sum(done_images.values()), max(sum(total_images.values()), 1) if total_images else None)
+
+        submit_ready()
+        while running:
+            finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+            drain()
+            for fut in finished:
+                name = running.pop(fut)
+                result = fut.result()
+                if isinstance(result, tuple):
+                    for other in running:
+                        other.cancel()
+                    raise WsssBenchError(*result)
+                records[name] = result
+            submit_ready()
+    return [records[cfg.name] for cfg in runs]
+
+
 def run_demo(out: Path = Path("wsss-bench-demo"), images: int | None = None, device: str = "auto",
-             workers: int = 0, methods: list[str] | None = None, quiet: bool = False) -> list[dict[str, Any]]:
-    """Run the demo suite; returns the records."""
-    from wsss_bench.commands._ui import console, progress_bar
+             workers: int = 0, methods: list[str] | None = None, quiet: bool = False,
+             jobs: int | None = None) -> list[dict[str, Any]]:
+    """Run the demo suite; returns the records. ``jobs``: parallel runs (default :func:`default_jobs`)."""
+    from wsss_bench.commands._ui import console
     from wsss_bench.commands.run_cmd import summary_table
     from wsss_bench.data.synthetic import ensure_synthetic
-    from wsss_bench.inference.runner import run_method
 
     t0 = time.perf_counter()
     out = Path(out)
     n = images or DEMO_SET["num_images"]
     data = ensure_synthetic(out / "data" / f"shapes-{n}-seed{DEMO_SET['seed']}", n, DEMO_SET["seed"],
                             DEMO_SET["size"])
-    records = []
     runs = demo_runs(data, out, device=device, workers=workers, methods=methods)
-    for cfg in runs:
-        with progress_bar(f"demo: {cfg.name}") as update:
-            res = run_method(cfg, progress=update)
-        records.append(res.record)
+    records = execute_runs(runs, default_jobs(device) if jobs is None else int(jobs))
     files: list[Path] = []
     try:
         from wsss_bench.reports import build_leaderboard
