@@ -228,3 +228,17 @@ def test_hybrid_official_layout_names_and_shapes_match_the_model():
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert own == {k: tuple(v.shape) for k, v in state.items()}
     assert set(state) == set(shapes) - ignored
+
+
+def test_demo_hybrid_has_the_hybrid_key_layout_and_an_eight_pixel_token_grid():
+    from wsss_bench.methods.backbones.vit import patch_tokens
+
+    adapter = GETAMAdapter(5, "vit_hybrid_demo")
+    adapter.build()
+    keys = adapter.model.state_dict()
+    assert "pretrained.model.patch_embed.backbone.stem.conv.weight" in keys  # timm's R50+ViT names
+    assert "pretrained.model.patch_embed.proj.weight" in keys
+    tokens, grid = patch_tokens(adapter.model.pretrained.model, torch.randn(1, 3, 96, 112))
+    assert grid == (12, 14) and tokens.shape == (1, 12 * 14, 64)
+    maps = adapter.forward_maps(torch.randn(2, 3, 96, 112), torch.tensor([1, 4]))
+    assert maps.shape == (2, 2, 96, 112) and torch.isfinite(maps).all()

@@ -173,7 +173,7 @@ class GETAMAdapter(MethodAdapter):
     paper: ClassVar[str] = "Sun et al., GETAM, arXiv 2112.02841 (2021)"
     official_code: ClassVar[str] = "https://github.com/weixuansun/GETAM (DPT/DPT.py generate_cam_2)"
     backbones: ClassVar[tuple[str, ...]] = (
-        "vit_hybrid", "vit_base", "deit_base", "deit_base_distilled", "vit_small", "vit_tiny", "vit_tiny_demo",
+        "vit_hybrid", "vit_base", "deit_base", "deit_base_distilled", "vit_small", "vit_tiny", "vit_tiny_demo", "vit_hybrid_demo",
     )
     hyperparameters: ClassVar[dict[str, Any]] = {
         # first summed block; -1 = depth // 2 (blocks 6..11 of 12)

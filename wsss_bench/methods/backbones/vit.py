@@ -50,7 +50,8 @@ class ViTSpec:
 #: Built-in sizes. The ``*_base*`` and hybrid specs are the 384 x 384 models GETAM's DPT builds
 #: (``vit_base_patch16_384``, ``vit_deit_base_patch16_384``, ``vit_deit_base_distilled_patch16_384``,
 #: ``vit_base_resnet50_384`` in timm 0.4), so their ``pos_embed`` has 24 x 24 + prefix rows.
-#: ``vit_tiny_demo`` is the demo/test size (4 blocks, dim 64, 2 heads, patch 16).
+#: ``vit_tiny_demo`` is the demo/test size (4 blocks, dim 64, 2 heads, patch 16); ``vit_hybrid_demo``
+#: the demo's small hybrid (a two-stage ResNet-V2 trunk of stride 8 under the same 4 blocks).
 VIT_SPECS: dict[str, ViTSpec] = {
     "vit_base": ViTSpec("vit_base_patch16_384", {}, "ViT-B/16 at 384 (12 blocks, dim 768, 12 heads)"),
     "deit_base": ViTSpec("deit_base_patch16_384", {}, "DeiT-B/16 at 384"),
@@ -61,7 +62,26 @@ VIT_SPECS: dict[str, ViTSpec] = {
     "vit_tiny": ViTSpec("vit_tiny_patch16_224", {}, "ViT-Ti/16 at 224 (12 blocks, dim 192, 3 heads)"),
     "vit_tiny_demo": ViTSpec("vit_tiny_patch16_224", {"embed_dim": 64, "depth": 4, "num_heads": 2},
                              "demo size: 4 blocks, dim 64, 2 heads, patch 16, 224 grid"),
+    "vit_hybrid_demo": ViTSpec("hybrid_demo", {"embed_dim": 64, "depth": 4, "num_heads": 2},
+                               "demo hybrid: a two-stage ResNet-V2 stem (stride 8) + 4 blocks, dim 64, 2 heads"),
 }
+
+
+def _build_hybrid_demo(**kwargs: Any) -> VisionTransformer:
+    """A small R50+ViT-style hybrid (timm's ``HybridEmbed`` on a ResNet-V2 trunk, as in
+    ``vit_base_r50_s16_384``) for the demo: ResNet-V2 with one bottleneck block in each of two stages
+    (64 and 128 channels, stride 8, group norm), then the ViT blocks on its 1 x 1 patches."""
+    from functools import partial
+
+    from timm.layers import GroupNormAct, StdConv2dSame
+    from timm.models.resnetv2 import ResNetV2
+    from timm.models.vision_transformer_hybrid import HybridEmbed
+
+    trunk = ResNetV2(layers=(1, 1), channels=(64, 128), num_classes=0, global_pool="", stem_chs=32,
+                     preact=False, stem_type="same", conv_layer=partial(StdConv2dSame, eps=1e-8),
+                     norm_layer=partial(GroupNormAct, num_groups=8))
+    return VisionTransformer(img_size=224, patch_size=1, embed_layer=partial(HybridEmbed, backbone=trunk),
+                             **kwargs)
 
 
 def build_vit(name: str, **overrides: Any) -> VisionTransformer:
@@ -74,7 +94,10 @@ def build_vit(name: str, **overrides: Any) -> VisionTransformer:
         raise WsssBenchError(f"unknown ViT {name!r} (choose from {', '.join(VIT_SPECS)})")
     spec = VIT_SPECS[name]
     kwargs = {**spec.kwargs, **overrides, "num_classes": 0}
-    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    if spec.timm_name == "hybrid_demo":
+        model = _build_hybrid_demo(**kwargs)
+    else:
+        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     model.eval()
     return model
 
