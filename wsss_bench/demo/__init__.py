@@ -29,6 +29,10 @@ def demo_manifest() -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+#: Relative cost estimates of the demo runs by name (filled by :func:`demo_runs`).
+RUN_COST: dict[str, float] = {}
+
+
 def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0,
               methods: list[str] | None = None, settings: tuple[str, ...] = ("native", "standard")) -> list[Any]:
     """RunConfigs of the demo suite."""
@@ -53,8 +57,13 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
             # where a method's standard settings are its native ones (CAM, AD-CAM), the second run
             # reads the first run's maps from the map cache instead of computing them again; the
             # first run always starts a fresh cache, so maps from older demo weights are never read
-            key = json.dumps(resolve_settings(adapter, cfg).to_dict(), sort_keys=True)
+            resolved = resolve_settings(adapter, cfg)
+            key = json.dumps(resolved.to_dict(), sort_keys=True)
+            # rough relative cost, so that parallel execution starts the longest runs first:
+            # views per image, times 3 where every class needs its own backward pass (GETAM)
+            RUN_COST[cfg.name] = len(resolved.scales) * (2 if resolved.flip else 1) * (3 if adapter.needs_grad else 1)
             if key in maps_of:
+                RUN_COST[cfg.name] = 0.0  # reads the maps of the run that computed them
                 cfg = dataclasses.replace(cfg, save_cams=maps_of[key])
             else:
                 maps_of[key] = str(out / "maps" / f"{name}-{s}")
@@ -96,7 +105,8 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
 
     With ``jobs`` > 1 the runs go to that many worker processes with one torch thread each: the
     demo's networks are too small for several threads to help one run, so running several runs at
-    once uses the cores better. A run that reads another run's map cache starts after it.
+    once uses the cores better. A run that reads another run's map cache starts after it; the
+    others start longest first (:data:`RUN_COST`), which shortens the wall time.
     """
     from wsss_bench.commands._ui import progress_bar
     from wsss_bench.errors import WsssBenchError
@@ -128,7 +138,7 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
         running: dict[Any, str] = {}
 
         def submit_ready() -> None:
-            for name in list(pending):
+            for name in sorted(pending, key=lambda n: -RUN_COST.get(n, 0.0)):
                 if after.get(name) is None or after[name] in records:
                     running[pool.submit(_run_one, pending.pop(name), 1, q)] = name
 
