@@ -29,10 +29,6 @@ def demo_manifest() -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-#: Relative cost estimates of the demo runs by name (filled by :func:`demo_runs`).
-RUN_COST: dict[str, float] = {}
-
-
 def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0,
               methods: list[str] | None = None, settings: tuple[str, ...] = ("native", "standard")) -> list[Any]:
     """RunConfigs of the demo suite."""
@@ -49,7 +45,7 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
                                  weights_dir())
         entry = manifest[name]
         adapter = load_method(name)(SYNTHETIC.num_foreground, backbone=entry["backbone"])
-        maps_of: dict[str, str] = {}  # resolved settings -> the map cache of the first run using them
+        maps_of: dict[Any, str] = {}  # resolved settings -> the map cache of the first run using them
         for s in settings:
             cfg = RunConfig(method=name, backbone=entry["backbone"], checkpoint=str(weights_dir() / entry["file"]),
                             dataset="synthetic", data_root=str(data_root), split="train", settings=s,
@@ -57,13 +53,8 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
             # where a method's standard settings are its native ones (CAM, AD-CAM), the second run
             # reads the first run's maps from the map cache instead of computing them again; the
             # first run always starts a fresh cache, so maps from older demo weights are never read
-            resolved = resolve_settings(adapter, cfg)
-            key = json.dumps(resolved.to_dict(), sort_keys=True)
-            # rough relative cost, so that parallel execution starts the longest runs first:
-            # views per image, times 3 where every class needs its own backward pass (GETAM)
-            RUN_COST[cfg.name] = len(resolved.scales) * (2 if resolved.flip else 1) * (3 if adapter.needs_grad else 1)
+            key = resolve_settings(adapter, cfg)
             if key in maps_of:
-                RUN_COST[cfg.name] = 0.0  # reads the maps of the run that computed them
                 cfg = dataclasses.replace(cfg, save_cams=maps_of[key])
             else:
                 maps_of[key] = str(out / "maps" / f"{name}-{s}")
@@ -73,6 +64,21 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
                           settings="native", device=device, workers=workers, out=str(out / "records"),
                           name="center-prior"))
     return runs
+
+
+def run_cost(cfg: Any) -> float:
+    """Rough relative cost of a demo run, so that parallel execution starts the longest first: views
+    per image, times 3 where every class needs its own backward pass (GETAM); 0 for a run that reads
+    another run's map cache."""
+    from wsss_bench.data.classes import SYNTHETIC
+    from wsss_bench.inference.runner import resolve_settings
+    from wsss_bench.methods.registry import load_method
+
+    if cfg.save_cams and not cfg.fresh:
+        return 0.0
+    adapter = load_method(cfg.method)(SYNTHETIC.num_foreground, backbone=cfg.backbone, hparams=cfg.hparams)
+    s = resolve_settings(adapter, cfg)
+    return len(s.scales) * (2 if s.flip else 1) * (3 if adapter.needs_grad else 1)
 
 
 def _run_one(cfg: Any, threads: int, queue: Any) -> dict[str, Any] | tuple[str, str | None]:
@@ -106,7 +112,7 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
     With ``jobs`` > 1 the runs go to that many worker processes with one torch thread each: the
     demo's networks are too small for several threads to help one run, so running several runs at
     once uses the cores better. A run that reads another run's map cache starts after it; the
-    others start longest first (:data:`RUN_COST`), which shortens the wall time.
+    others start longest first (:func:`run_cost`), which shortens the wall time.
     """
     from wsss_bench.commands._ui import progress_bar
     from wsss_bench.errors import WsssBenchError
@@ -135,10 +141,11 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
         q = manager.Queue()
         # the runs are the parallelism: no DataLoader worker processes inside them
         pending = {cfg.name: dataclasses.replace(cfg, workers=0) for cfg in runs}
+        cost = {cfg.name: run_cost(cfg) for cfg in runs}
         running: dict[Any, str] = {}
 
         def submit_ready() -> None:
-            for name in sorted(pending, key=lambda n: -RUN_COST.get(n, 0.0)):
+            for name in sorted(pending, key=lambda n: -cost[n]):
                 if after.get(name) is None or after[name] in records:
                     running[pool.submit(_run_one, pending.pop(name), 1, q)] = name
 

@@ -68,6 +68,10 @@ class DemoModel:
     #: images generated for training (``TRAIN_SET``'s seed and sizes); its ``train`` split is used
     train_images: int | None = None  # None: TRAIN_SET["num_images"]
 
+    @property
+    def num_train_images(self) -> int:
+        return self.train_images or TRAIN_SET["num_images"]
+
 
 DEMO_MODELS: dict[str, DemoModel] = {
     "cam": DemoModel("cam", "resnet-tiny", 96, 2000, 1e-2, "multi-label soft margin on GAP logits",
@@ -208,7 +212,7 @@ def manifest_entry(spec: DemoModel, target: Path, seed: int, info: dict[str, Any
         "batch": spec.batch, "lr": spec.lr, "optimizer": "AdamW (weight decay 1e-4), one-cycle schedule",
         "augmentation": "horizontal flip; each batch resized to a side drawn from sizes",
         "objective": spec.objective,
-        "train_set": {**TRAIN_SET, "num_images": spec.train_images or TRAIN_SET["num_images"], "size": list(TRAIN_SET["size"]),
+        "train_set": {**TRAIN_SET, "num_images": spec.num_train_images, "size": list(TRAIN_SET["size"]),
                       "split": "train"},
         "train_seconds": info["seconds"], "final_loss": info["final_loss"],
         "torch_threads": torch.get_num_threads(),
@@ -246,7 +250,7 @@ def train_demo_models(out: str | Path, seed: int = 0, methods: list[str] | None 
     cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     for name in methods or list(DEMO_MODELS):
         spec = DEMO_MODELS[name]
-        key = (spec.train_images or TRAIN_SET["num_images"], spec.train_size)
+        key = (spec.num_train_images, spec.train_size)
         if key not in cache:
             cache[key] = _load_training_set(training_data(key[0]), spec.train_size)
         x, y = cache[key]
