@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 
@@ -191,6 +192,25 @@ def test_interrupted_run_resumes_to_the_same_record(synth, tiny_cam_ckpt, tmp_pa
     # a cache made with other settings is refused
     with pytest.raises(WsssBenchError, match="different run"):
         run_method(RunConfig(**base, out=str(tmp_path / "c"), save_cams=str(cache), settings="standard", scales=(1.0,)))
+
+
+def test_cache_of_another_copy_of_the_dataset_is_refused(synth, tiny_cam_ckpt, tmp_path):
+    """Entries are keyed by image id; a copy of the dataset with the same ids but other pixels must not
+    be served the first copy's maps."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synth, copy)
+    base = dict(method="cam", backbone="resnet-tiny", checkpoint=str(tiny_cam_ckpt), limit=3)
+    cache = tmp_path / "cache"
+    run_method(RunConfig(**base, data_root=str(synth), out=str(tmp_path / "a"), save_cams=str(cache)))
+    with pytest.raises(WsssBenchError, match="data_root differ") as err:
+        run_method(RunConfig(**base, data_root=str(copy), out=str(tmp_path / "b"), save_cams=str(cache)))
+    assert "wsss-bench-cache.json" in str(err.value)
+    # the same folder named by another (relative) path is the same dataset
+    rel = os.path.relpath(synth)
+    again = run_method(RunConfig(**base, data_root=rel, out=str(tmp_path / "c"), save_cams=str(cache))).record
+    assert again["cache"]["cached"] == 3
 
 
 def test_batched_images_give_the_same_maps_as_single(synth, tiny_cam_ckpt, tmp_path):

@@ -159,10 +159,12 @@ def build_adapter(cfg: RunConfig, num_foreground: int) -> tuple[MethodAdapter, s
 
 
 def cache_identity(cfg: RunConfig, adapter: MethodAdapter, settings: InferenceSettings,
-                   sha: str | None) -> dict[str, Any]:
+                   sha: str | None, data_root: str | Path) -> dict[str, Any]:
+    """What the cached maps depend on. Entries are keyed by image id, so the dataset's folder is part
+    of it: two copies of a dataset (say VOC and an edited copy) share ids but not pixels."""
     return {"method": cfg.method, "backbone": adapter.backbone, "checkpoint_sha256": sha,
             "hyperparameters": adapter.hparams, "settings": settings.to_dict(), "dataset": cfg.dataset,
-            "precision": cfg.precision, "map_dtype": "float16"}
+            "data_root": os.path.abspath(str(data_root)), "precision": cfg.precision, "map_dtype": "float16"}
 
 
 def open_cache(path: Path, identity: dict[str, Any], fresh: bool, is_main: bool) -> None:
@@ -325,7 +327,7 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
     if cfg.save_pseudo and cams_dir is None:
         cams_dir = out / f"{name}-maps"
     if cams_dir is not None:
-        open_cache(cams_dir, cache_identity(cfg, adapter, settings, sha), cfg.fresh, info.is_main)
+        open_cache(cams_dir, cache_identity(cfg, adapter, settings, sha, ds.root), cfg.fresh, info.is_main)
         D.barrier(info)
     use_cache = cams_dir is not None and not cfg.fresh
 
