@@ -129,6 +129,16 @@ class MultiClassTokenViT(nn.Module):
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """All final tokens ``[B, T + N, C]`` after the last LayerNorm."""
+        return self.forward_tokens_and_block(images, None)[0]
+
+    def forward_tokens_and_block(self, images: torch.Tensor,
+                                 block: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The final normed tokens and the raw (un-normed) output of ``block`` (negative indices
+        count from the end; MoRe's auxiliary layer is ``-3``, ``feats[aux_layer]`` in ``mat_vit.py``)."""
+        depth = len(self.blocks)
+        keep = None if block is None else (block + depth if block < 0 else block)
+        if keep is not None and not 0 <= keep < depth:
+            raise WsssBenchError(f"block {block} out of range for a {depth}-block ViT")
         b, _, h, w = images.shape
         gh, gw = self.grid(h, w)
         if gh < 1 or gw < 1:
@@ -138,9 +148,12 @@ class MultiClassTokenViT(nn.Module):
         x = self.patch_embed(images[:, :, :gh * self.patch_size, :gw * self.patch_size])
         x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
         x = x + self.position_embedding(h, w).to(x.dtype)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        kept = None
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i == keep:
+                kept = x
+        return self.norm(x), kept
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         x = self.forward_tokens(images)
