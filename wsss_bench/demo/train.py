@@ -89,8 +89,9 @@ DEMO_MODELS: dict[str, DemoModel] = {
                         sizes=(80, 96, 112), train_images=14400),
     "more": DemoModel("more", "vit_tiny_demo", 96, 10000, 5e-4,
                       "MoRe's losses: multi-label soft margin on the GMP classifier and on the GMP auxiliary "
-                      "classifier (block -3), the class-token regulariser, and from step 3,000 the class-token "
-                      "/ patch-token contrast (CLE, weight 0.2) on the auxiliary CAM's pseudo labels",
+                      "classifier (MoRe's block -3; in this 2-block network the last block before the final "
+                      "norm), the class-token regulariser, and from step 3,000 the class-token / patch-token "
+                      "contrast (CLE, weight 0.2) on the auxiliary CAM's pseudo labels",
                       batch=32, sizes=(80, 96, 112), train_images=14400),
 }
 TRAIN_SET = {"num_images": 1440, "seed": 1234, "size": (96, 128)}
