@@ -121,8 +121,17 @@ class MoReNet(nn.Module):
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class tokens ``[B, K, C]`` (the 4 extra tokens dropped) and the patch map ``[B, C, gh, gw]``."""
-        tokens, patches, grid = self.encoder(images)
-        return tokens[:, NUM_EXTRA_TOKENS:], tokens_to_map(patches, grid)
+        tokens, patch_map, _ = self.features_and_block(images, None)
+        return tokens, patch_map
+
+    def features_and_block(self, images: torch.Tensor, block: int | None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`features` plus the raw patch map ``[B, C, gh, gw]`` of ``block`` (before the final
+        norm; MoRe's auxiliary classifier reads block ``-3``), or None without a block."""
+        normed, raw = self.encoder.forward_tokens_and_block(images, block)
+        grid, nt = self.encoder.grid(*images.shape[-2:]), self.encoder.num_tokens
+        block_map = None if raw is None else tokens_to_map(raw[:, nt:], grid)
+        return normed[:, NUM_EXTRA_TOKENS:nt], tokens_to_map(normed[:, nt:], grid), block_map
 
     def lam(self, images: torch.Tensor, with_gcr: bool = True) -> torch.Tensor:
         """Raw localisation attention maps ``[B, K, gh, gw]`` (may be negative)."""

@@ -183,6 +183,14 @@ class ViTOutput:
     num_prefix: int
 
 
+def block_index(index: int, depth: int) -> int:
+    """``index`` of a block of a ``depth``-block ViT as 0..depth-1 (negative counts from the end)."""
+    resolved = index + depth if index < 0 else index
+    if not 0 <= resolved < depth:
+        raise WsssBenchError(f"block index {resolved} out of range for a {depth}-block ViT")
+    return resolved
+
+
 def vit_forward(vit: VisionTransformer, x: torch.Tensor, pos_mode: str = "bicubic",
                 keep_blocks: Iterable[int] = (), final_norm: bool = True) -> ViTOutput:
     """Run ``vit`` on ``x`` [B, 3, h, w] of any size (position embedding resized to the grid).
@@ -191,10 +199,7 @@ def vit_forward(vit: VisionTransformer, x: torch.Tensor, pos_mode: str = "bicubi
     with ``final_norm``, the final normed tokens [B, prefix + P, D].
     """
     n_blocks = len(vit.blocks)
-    keep = {(i + n_blocks) if i < 0 else i for i in keep_blocks}
-    bad = [i for i in keep if not 0 <= i < n_blocks]
-    if bad:
-        raise WsssBenchError(f"block index {bad[0]} out of range for a {n_blocks}-block ViT")
+    keep = {block_index(i, n_blocks) for i in keep_blocks}
     tokens, grid = patch_tokens(vit, x)
     n_prefix = num_prefix_tokens(vit)
     if vit.pos_embed is None:

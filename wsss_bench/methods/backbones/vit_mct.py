@@ -31,6 +31,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from wsss_bench.errors import WsssBenchError
+from wsss_bench.methods.backbones.vit import block_index
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,7 @@ class MultiClassTokenViT(nn.Module):
                                  block: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The final normed tokens and the raw (un-normed) output of ``block`` (negative indices
         count from the end; MoRe's auxiliary layer is ``-3``, ``feats[aux_layer]`` in ``mat_vit.py``)."""
-        depth = len(self.blocks)
-        keep = None if block is None else (block + depth if block < 0 else block)
-        if keep is not None and not 0 <= keep < depth:
-            raise WsssBenchError(f"block {block} out of range for a {depth}-block ViT")
+        keep = None if block is None else block_index(block, len(self.blocks))
         b, _, h, w = images.shape
         gh, gw = self.grid(h, w)
         if gh < 1 or gw < 1:
