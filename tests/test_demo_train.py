@@ -143,3 +143,39 @@ def test_more_training_reaches_the_class_tokens_gcr_and_both_classifiers():
     T.train_one(adapter, spec, x, y, seed=0)
     assert not torch.equal(model.encoder.cls_token, before["encoder.cls_token"])
     assert not model.training
+
+
+def test_more_multi_scale_aux_cam_matches_a_per_image_loop():
+    adapter = load_method("more")(5, backbone="vit_tiny_demo")
+    adapter.build()
+    model = adapter.model
+    torch.manual_seed(1)
+    head = T.MoReTrainingHead(model.classifier.in_channels, 5, len(model.encoder.blocks),
+                              label_scales=(1.0, 0.5, 1.5))
+    x = torch.randn(2, 3, 64, 48)
+    got = head.aux_cam(model, x)
+    assert got.shape == (2, 5, 64, 48)
+    for b in range(2):
+        total = torch.zeros(5, 64, 48)
+        for s in (1.0, 0.5, 1.5):
+            img = x[b:b + 1]
+            if s != 1.0:
+                img = F.interpolate(img, size=(int(s * 64), int(s * 48)), mode="bilinear", align_corners=False)
+            views = []
+            for flipped in (False, True):
+                v = img.flip(-1) if flipped else img
+                _, _, block_map = model.features_and_block(v, head.aux_block)
+                cam = F.interpolate(F.conv2d(block_map, head.aux_classifier.weight), size=(64, 48),
+                                    mode="bilinear", align_corners=False)[0]
+                views.append(cam.flip(-1) if flipped else cam)
+            total += torch.clamp(torch.maximum(views[0], views[1]), min=0)
+        for k in range(5):
+            ref = total[k] - total[k].min()
+            ref = ref / (ref.max() + 1e-5)
+            assert torch.allclose(got[b, k], ref, atol=1e-5), (b, k)
+    assert not got.requires_grad  # the pass takes no gradients
+    y = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=torch.float32)
+    head(model, x, y, step=head.cle_from).backward()  # the contrast on its labels still trains the tokens
+    assert model.encoder.cls_token.grad.abs().sum() > 0
+    # the demo's MoRe head uses MoRe's cam_scales
+    assert T._training_head("more", model, 5).label_scales == T.MORE_LABEL_SCALES == (1.0, 0.5, 0.75, 1.5)
