@@ -75,6 +75,9 @@ class DemoModel:
         return self.train_images or TRAIN_SET["num_images"]
 
 
+#: MoRe's ``cam_scales``: the no-grad pass whose auxiliary CAM makes the contrast's pseudo labels
+MORE_LABEL_SCALES = (1.0, 0.5, 0.75, 1.5)
+
 DEMO_MODELS: dict[str, DemoModel] = {
     "cam": DemoModel("cam", "resnet-tiny", 96, 2000, 1e-2, "multi-label soft margin on GAP logits",
                      batch=32, sizes=(64, 80, 96)),
@@ -92,12 +95,10 @@ DEMO_MODELS: dict[str, DemoModel] = {
                       "classifier (MoRe's block -3; in this 2-block network the last block before the final "
                       "norm), the class-token regulariser, and from step 3,000 the class-token / patch-token "
                       "contrast (CLE, weight 0.2) on pseudo labels from the auxiliary CAM of a no-grad pass at "
-                      "scales 1.0, 0.5, 0.75, 1.5 with flips (MoRe's multi_scale_cam2)",
+                      f"scales {', '.join(map(str, MORE_LABEL_SCALES))} with flips (MoRe's multi_scale_cam2)",
                       batch=32, sizes=(80, 96, 112), train_images=14400),
 }
 TRAIN_SET = {"num_images": 1440, "seed": 1234, "size": (96, 128)}
-#: MoRe's ``cam_scales``: the no-grad pass whose auxiliary CAM makes the contrast's pseudo labels
-MORE_LABEL_SCALES = (1.0, 0.5, 0.75, 1.5)
 
 
 class EDAMTrainingHead(torch.nn.Module):
