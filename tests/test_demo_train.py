@@ -119,6 +119,8 @@ def test_more_block_output_is_the_raw_token_stream_before_the_final_norm():
     with pytest.raises(WsssBenchError, match="out of range"):
         vit.forward_tokens_and_block(x, -5)
     assert T.MoReTrainingHead(32, 5, depth=12).aux_block == 9  # MoRe's aux_layer -3 of 12
+    with pytest.raises(ValueError, match="label_scales is empty"):
+        T.MoReTrainingHead(32, 5, depth=2, label_scales=())
 
 
 def test_more_training_reaches_the_class_tokens_gcr_and_both_classifiers():

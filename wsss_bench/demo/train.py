@@ -162,10 +162,12 @@ class MoReTrainingHead(torch.nn.Module):
 
     def __init__(self, dim: int, num_classes: int, depth: int, cle_from: int = 3000,
                  cle_weight: float = 0.2, temperature: float = 0.5, reg_temperature: float = 0.07,
-                 label_scales: tuple[float, ...] = ()):
+                 label_scales: tuple[float, ...] = MORE_LABEL_SCALES):
         super().__init__()
-        #: scales of the no-grad pass that makes the contrast's pseudo labels (MoRe's ``cam_scales``
-        #: 1.0, 0.5, 0.75, 1.5); empty: the auxiliary CAM of the training forward pass itself
+        if not label_scales:
+            raise ValueError("MoReTrainingHead: label_scales is empty; the contrast's pseudo labels need at "
+                             "least one scale of the no-grad auxiliary-CAM pass")
+        #: scales of the no-grad pass that makes the contrast's pseudo labels (MoRe's ``cam_scales``)
         self.label_scales = tuple(label_scales)
         self.aux_classifier = torch.nn.Conv2d(dim, num_classes, kernel_size=1, bias=False)
         # MoRe's aux_layer -3 (block 9 of 12); a network of fewer than 3 blocks (the demo's has 2)
@@ -202,11 +204,9 @@ class MoReTrainingHead(torch.nn.Module):
         target = torch.arange(unit.shape[1], device=x.device).expand(unit.shape[0], -1)
         loss = loss + F.cross_entropy(unit @ unit.transpose(1, 2) / self.reg_temperature, target)
         if step >= self.cle_from:
-            if self.label_scales:  # MoRe's multi-scale pass, resized to the patch grid
-                cam = F.interpolate(self.aux_cam(model, x), size=patch_map.shape[-2:], mode="bilinear",
-                                    align_corners=False)
-            else:  # the auxiliary CAM of this forward pass
-                cam = F.conv2d(aux_map.detach(), self.aux_classifier.weight)
+            # MoRe's multi-scale no-grad pass, resized to the patch grid
+            cam = F.interpolate(self.aux_cam(model, x), size=patch_map.shape[-2:], mode="bilinear",
+                                align_corners=False)
             labels = cam_pseudo_labels(cam, y).flatten(1)
             logp = (torch.einsum("bkc,bcn->bkn", unit, patch_map.detach().flatten(2))
                     / self.temperature).log_softmax(dim=-1)
@@ -246,8 +246,7 @@ def _training_head(method: str, model: torch.nn.Module, num_classes: int) -> tor
     if method == "edam":
         return EDAMTrainingHead(model.out_channels, num_classes)
     if method == "more":
-        return MoReTrainingHead(model.classifier.in_channels, num_classes, len(model.encoder.blocks),
-                                label_scales=MORE_LABEL_SCALES)
+        return MoReTrainingHead(model.classifier.in_channels, num_classes, len(model.encoder.blocks))
     return None
 
 
