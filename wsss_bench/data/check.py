@@ -8,7 +8,6 @@ protocol (a mismatch is a warning, so subsets work). Each problem names the file
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 from wsss_bench.data import DATASET_OPTIONS, DATASETS
 from wsss_bench.data.base import SegDataset
 from wsss_bench.data.layout import check_options
+from wsss_bench.data.parallel import run_in_processes
 from wsss_bench.errors import WsssBenchError
 
 MASK_MODES = ("P", "L", "I", "I;16")
@@ -233,12 +233,16 @@ def check_dataset(name: str, root: str | os.PathLike, splits: list[str] | None =
                 if progress:
                     progress(split, done, len(todo))
         else:
-            ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-            with ctx.Pool(n_workers, initializer=_init_worker, initargs=(ds, decode_images)) as pool:
-                chunk = max(1, min(64, len(todo) // (n_workers * 8) or 1))
-                for done, probs in enumerate(pool.imap(_check_worker, todo, chunksize=chunk), start=1):
-                    report.problems += probs
-                    if progress:
-                        progress(split, done, len(todo))
+            done = 0
+
+            def collect(probs: list[Problem], split: str = split, total: int = len(todo)) -> None:
+                nonlocal done
+                done += 1
+                report.problems.extend(probs)
+                if progress:
+                    progress(split, done, total)
+
+            run_in_processes(_check_worker, todo, n_workers, collect, ordered=True,
+                             initializer=_init_worker, initargs=(ds, decode_images))
         report.images_checked += len(todo)
     return report

@@ -23,7 +23,6 @@ cache checks that manifest and names it when it is stale, foreign or incomplete.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ import numpy as np
 from wsss_bench.data.base import SegDataset, fingerprint_of, labels_from_mask, safe_join
 from wsss_bench.data.classes import COCO, COCO_CATEGORY_IDS, IGNORE_INDEX, coco_category_to_index
 from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, id_problem, require_dir
+from wsss_bench.data.parallel import run_in_processes
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.io import atomic_path, atomic_write_json, read_index_png, sha256_file
 
@@ -346,12 +346,13 @@ def prepare_coco_masks(root: str | os.PathLike, split: str, cache: str | os.Path
             if progress:
                 progress(done, len(tasks))
     else:
-        chunk = max(1, min(64, len(tasks) // (n_workers * 8) or 1))
-        with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(n_workers) as pool:
-            for _ in pool.imap_unordered(_build_one, tasks, chunksize=chunk):
-                done += 1
-                if progress:
-                    progress(done, len(tasks))
+        def count(_: object) -> None:
+            nonlocal done
+            done += 1
+            if progress:
+                progress(done, len(tasks))
+
+        run_in_processes(_build_one, tasks, n_workers, count)
     secs = time.perf_counter() - t0
     man.complete = True
     man.seconds = round(secs, 3)
