@@ -3,7 +3,7 @@
 Built on :class:`concurrent.futures.ProcessPoolExecutor` rather than ``multiprocessing.Pool``:
 when an image fails, ``Pool``'s context manager calls ``terminate()``, which kills workers with
 SIGTERM, and a worker killed while it holds the result queue's lock leaves the pool's task-handler
-thread waiting on that lock forever (seen in CI: ``prepare_coco_masks`` hung in
+thread waiting on that lock forever (seen in a `.ci/run` test run: ``prepare_coco_masks`` hung in
 ``Pool._terminate_pool`` after a bad annotation). Here an error cancels the chunks not yet started,
 lets the running ones finish (a chunk is at most 64 items) and stops the workers with their normal
 shutdown, so nothing is killed in the middle of a write.
