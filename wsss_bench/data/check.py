@@ -226,22 +226,19 @@ def check_dataset(name: str, root: str | os.PathLike, splits: list[str] | None =
                 seen.add(k)
                 todo.append(i)
         n_workers = max(1, min(workers, len(todo)))
+        done = 0
+
+        def collect(probs: list[Problem], split: str = split, total: int = len(todo)) -> None:
+            nonlocal done
+            done += 1
+            report.problems.extend(probs)
+            if progress:
+                progress(split, done, total)
+
         if n_workers == 1:
-            results = (check_image_pair(ds, i, decode_images) for i in todo)
-            for done, probs in enumerate(results, start=1):
-                report.problems += probs
-                if progress:
-                    progress(split, done, len(todo))
+            for i in todo:
+                collect(check_image_pair(ds, i, decode_images))
         else:
-            done = 0
-
-            def collect(probs: list[Problem], split: str = split, total: int = len(todo)) -> None:
-                nonlocal done
-                done += 1
-                report.problems.extend(probs)
-                if progress:
-                    progress(split, done, total)
-
             run_in_processes(_check_worker, todo, n_workers, collect, ordered=True,
                              initializer=_init_worker, initargs=(ds, decode_images))
         report.images_checked += len(todo)

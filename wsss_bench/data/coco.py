@@ -339,19 +339,17 @@ def prepare_coco_masks(root: str | os.PathLike, split: str, cache: str | os.Path
     tasks = [(info, by_image.get(info["id"], []), str(out_dir), crowd, skip_existing) for info in images]
     n_workers = max(1, min(workers if workers else (os.cpu_count() or 1), len(tasks) or 1))
     done = 0
+
+    def count(_: object) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, len(tasks))
+
     if n_workers == 1:
         for t in tasks:
-            _build_one(t)
-            done += 1
-            if progress:
-                progress(done, len(tasks))
+            count(_build_one(t))
     else:
-        def count(_: object) -> None:
-            nonlocal done
-            done += 1
-            if progress:
-                progress(done, len(tasks))
-
         run_in_processes(_build_one, tasks, n_workers, count)
     secs = time.perf_counter() - t0
     man.complete = True
