@@ -153,10 +153,9 @@ class MoReTrainingHead(torch.nn.Module):
     most one position on the demo's 5 x 5 to 7 x 7 training grids; a scaled-down form with a
     centred 3 x 3 window, from step 3,000, scored 28.6 / 29.6 / 27.2 / 21.6 at weights 0.1 (MoRe's)
     / 0.5 / 1.0 / 2.0, and 26.7 at 0.5 with seed 1, against 28.9 and 27.8 without: no gain beyond
-    seed noise), ToCo's patch-token contrast
-    (measured on the val split: 24.9 from step 3,000, 19.5 from step 0, against 27.0 without; the
-    noisy auxiliary CAM's labels spread into the patch tokens), the official switch of the
-    contrast's labels to the final CAM halfway through training (28.4 from step 5,000 against
+    seed noise), ToCo's patch-token contrast (measured on the val split: 24.9 from step 3,000, 19.5
+    from step 0, against 27.0 without; the noisy auxiliary CAM's labels spread into the patch
+    tokens), the official switch of the contrast's labels to the final CAM halfway through training (28.4 from step 5,000 against
     28.9 without; seed 1 of the kept recipe gives 27.8, so within seed noise: the simpler single
     source stays), and the segmentation decoder with its energy loss (it does not reach the LAM).
     The patch tokens stay detached in the contrast, as in the official ``CRELoss_neg``; letting it
