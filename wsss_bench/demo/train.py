@@ -149,18 +149,23 @@ class MoReTrainingHead(torch.nn.Module):
     contrasts from its first step; from scratch the contrast waits ``cle_from`` steps, while the
     auxiliary CAM is still noise (our decision).
 
-    Left out, our decision: the uncertain-region contrast (UNE: its 6 x 6 window search has at
-    most one position on the demo's 5 x 5 to 7 x 7 training grids; a scaled-down form with a
-    centred 3 x 3 window, from step 3,000, scored 28.6 / 29.6 / 27.2 / 21.6 at weights 0.1 (MoRe's)
-    / 0.5 / 1.0 / 2.0, and 26.7 at 0.5 with seed 1, against 28.9 and 27.8 without: no gain beyond
-    seed noise), ToCo's patch-token contrast (measured on the val split: 24.9 from step 3,000, 19.5
-    from step 0, against 27.0 without; the noisy auxiliary CAM's labels spread into the patch
-    tokens), the official switch of the contrast's labels to the final CAM halfway through training (28.4 from step 5,000 against
-    28.9 without; seed 1 of the kept recipe gives 27.8, so within seed noise: the simpler single
-    source stays), and the segmentation decoder with its energy loss (it does not reach the LAM).
-    The patch tokens stay detached in the contrast, as in the official ``CRELoss_neg``; letting it
-    train them scored 24.3 (weight 0.2) and 22.8 (weight 1.0). The contrast's temperature stays
-    MoRe's 0.5: 0.15, 0.25, 1.0 and 2.0 scored 26.3, 27.4, 28.0 and 28.2.
+    Left out, our decision: the uncertain-region contrast (UNE: its 6 x 6 window search has at most one
+    position on the demo's 5 x 5 to 7 x 7 training grids; a scaled-down form with a centred 3 x 3
+    window, from step 3,000, scored 28.6 / 29.6 / 27.2 / 21.6 at weights 0.1 (MoRe's) / 0.5 / 1.0 / 2.0,
+    and 26.7 at 0.5 with seed 1, against 28.9 and 27.8 without: no gain beyond seed noise), ToCo's
+    patch-token contrast (measured on the val split: 24.9 from step 3,000, 19.5 from step 0, against
+    27.0 without; the noisy auxiliary CAM's labels spread into the patch tokens), the official switch of
+    the contrast's labels to the final CAM halfway through training (28.4 from step 5,000 against 28.9
+    without; seed 1 of the kept recipe gives 27.8, so within seed noise: the simpler single source
+    stays), and the segmentation decoder with its seg loss (it reaches the LAM's patch tokens through
+    the encoder: a LargeFOV of width 128 on the final patch tokens, from step 3,000, on the final CAM's
+    labels refined by PAR, the official ``refine_cams_with_bkg_v2`` at high 0.7 / low 0.25, at a quarter
+    of the input size with dilations 1, 2, 4, scored 28.5 at MoRe's weight 0.12 and 25.0 at 0.5) and its
+    energy loss (not built). PAR on the contrast's own labels, a demo idea, scored 21.1 / 18.9
+    (foreground above 0.5 / 0.7): PAR's smoothing lowers the peaks, so few patches stay foreground. The
+    patch tokens stay detached in the contrast, as in the official ``CRELoss_neg``; letting it train
+    them scored 24.3 (weight 0.2) and 22.8 (weight 1.0). The contrast's temperature stays MoRe's 0.5:
+    0.15, 0.25, 1.0 and 2.0 scored 26.3, 27.4, 28.0 and 28.2.
     """
 
     def __init__(self, dim: int, num_classes: int, depth: int, cle_from: int = 3000,
