@@ -20,6 +20,9 @@ from wsss_bench.errors import WsssBenchError
 from wsss_bench.methods.backbones.vit_mct import VIT_MCT_CONFIGS, MultiClassTokenViT, resize_patch_pos_embed
 from wsss_bench.methods.more import MoReAdapter
 
+#: The demo/test encoder size (its dims are read, not assumed, so the tests follow the config).
+TINY = VIT_MCT_CONFIGS["vit_tiny_demo"]
+
 
 def ref_gcr(sd: dict[str, torch.Tensor], cls: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """``graphic_cls_aggregation.forward`` as the official file writes it (indexing, einsum, matmul)."""
@@ -93,7 +96,7 @@ def test_official_checkpoint_loads_strictly_and_maps_match_stepwise_forward(tmp_
 
 
 def test_lam_is_not_clamped_and_cam_is_relu(tmp_path):
-    state = random_checkpoint(official_layout(20, 64, 2), seed=3)
+    state = random_checkpoint(official_layout(20, TINY.embed_dim, TINY.depth), seed=3)
     torch.save(state, tmp_path / "m.pth")
     x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
     lam_adapter = MoReAdapter(20, "vit_tiny_demo")
@@ -115,7 +118,7 @@ def test_lam_is_not_clamped_and_cam_is_relu(tmp_path):
 
 
 def test_checkpoint_without_module_prefix_loads(tmp_path):
-    state = strip(random_checkpoint(official_layout(20, 64, 2), seed=4))
+    state = strip(random_checkpoint(official_layout(20, TINY.embed_dim, TINY.depth), seed=4))
     torch.save(state, tmp_path / "plain.pth")
     adapter = MoReAdapter(20, "vit_tiny_demo")
     adapter.load_checkpoint(str(tmp_path / "plain.pth"))
@@ -128,7 +131,7 @@ def test_checkpoint_without_module_prefix_loads(tmp_path):
     (None, "module.encoder.extra.weight", "unexpected keys: encoder.extra.weight"),
 ])
 def test_checkpoint_layout_errors_name_the_key_and_file(tmp_path, drop, add, needle):
-    state = random_checkpoint(official_layout(20, 64, 2), seed=5)
+    state = random_checkpoint(official_layout(20, TINY.embed_dim, TINY.depth), seed=5)
     if drop:
         del state[drop]
     if add:
@@ -141,7 +144,7 @@ def test_checkpoint_layout_errors_name_the_key_and_file(tmp_path, drop, add, nee
 
 
 def test_voc_checkpoint_does_not_fit_coco_adapter(tmp_path):
-    torch.save(random_checkpoint(official_layout(20, 64, 2), seed=6), tmp_path / "voc.pth")
+    torch.save(random_checkpoint(official_layout(20, TINY.embed_dim, TINY.depth), seed=6), tmp_path / "voc.pth")
     with pytest.raises(WsssBenchError, match="shape mismatch: encoder.cls_token"):
         MoReAdapter(80, "vit_tiny_demo").load_checkpoint(str(tmp_path / "voc.pth"))
 
@@ -215,7 +218,7 @@ def test_multi_class_token_vit_splits_tokens_and_grid():
     vit = MultiClassTokenViT(7, VIT_MCT_CONFIGS["vit_tiny_demo"]).eval()
     with torch.no_grad():
         cls, patches, grid = vit(torch.randn(1, 3, 50, 70))
-    assert cls.shape == (1, 7, 64) and grid == (3, 4) and patches.shape == (1, 12, 64)
+    assert cls.shape == (1, 7, TINY.embed_dim) and grid == (3, 4) and patches.shape == (1, 12, TINY.embed_dim)
 
 
 def official_multi_scale(maps_fn, inputs: torch.Tensor, relu: bool) -> torch.Tensor:

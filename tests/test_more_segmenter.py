@@ -18,6 +18,9 @@ from wsss_bench.segmenters.more_head import MoReSegmenter, MoReSegNet
 from wsss_bench.segmenters.registry import load_segmenter
 from wsss_bench.segmenters.tta import fused_scores
 
+#: The demo/test encoder size (its dims are read, not assumed, so the tests follow the config).
+TINY = VIT_MCT_CONFIGS["vit_tiny_demo"]
+
 
 def ref_logits(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int, heads: int, num_fg: int) -> torch.Tensor:
     tokens = ref_encoder(sd, x, depth, heads)
@@ -59,7 +62,7 @@ def test_official_checkpoint_loads_strictly_and_logits_match_stepwise_forward(tm
 
 
 def test_missing_decoder_key_is_reported(tmp_path):
-    state = random_checkpoint(official_layout(20, 64, 2), seed=1)
+    state = random_checkpoint(official_layout(20, TINY.embed_dim, TINY.depth), seed=1)
     del state["module.decoder.conv7.weight"]
     torch.save(state, tmp_path / "nodec.pth")
     with pytest.raises(WsssBenchError, match=r"nodec\.pth.*missing keys: decoder\.conv7\.weight"):
