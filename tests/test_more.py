@@ -215,7 +215,7 @@ def test_native_settings_and_bad_hyperparameters():
 
 
 def test_multi_class_token_vit_splits_tokens_and_grid():
-    vit = MultiClassTokenViT(7, VIT_MCT_CONFIGS["vit_tiny_demo"]).eval()
+    vit = MultiClassTokenViT(7, TINY).eval()
     with torch.no_grad():
         cls, patches, grid = vit(torch.randn(1, 3, 50, 70))
     assert cls.shape == (1, 7, TINY.embed_dim) and grid == (3, 4) and patches.shape == (1, 12, TINY.embed_dim)

@@ -47,15 +47,14 @@ def test_vit_base_module_names_and_shapes_are_the_official_encoder_and_decoder(n
 
 @pytest.mark.parametrize("num_fg,size", [(20, (64, 80)), (80, (48, 48))])
 def test_official_checkpoint_loads_strictly_and_logits_match_stepwise_forward(tmp_path, num_fg, size):
-    cfg = VIT_MCT_CONFIGS["vit_tiny_demo"]
-    state = random_checkpoint(official_layout(num_fg, cfg.embed_dim, cfg.depth), seed=10 + num_fg)
+    state = random_checkpoint(official_layout(num_fg, TINY.embed_dim, TINY.depth), seed=10 + num_fg)
     torch.save(state, tmp_path / "seg.pth")
     seg = MoReSegmenter(num_fg + 1, "vit_tiny_demo")
     assert len(seg.load_checkpoint(str(tmp_path / "seg.pth"))) == 64
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = seg.logits(x)
-        ref = ref_logits(strip(state), x, cfg.depth, cfg.num_heads, num_fg)
+        ref = ref_logits(strip(state), x, TINY.depth, TINY.num_heads, num_fg)
     assert out.shape == (2, num_fg + 1, size[0] // 16, size[1] // 16)
     scale = ref.abs().max()
     torch.testing.assert_close(out / scale, ref / scale, atol=1e-5, rtol=1e-5)

@@ -99,8 +99,8 @@ DEMO_MODELS: dict[str, DemoModel] = {
                       "MoRe's losses: multi-label soft margin on the GMP classifier and on the GMP auxiliary "
                       "classifier (MoRe's block -3; in this 2-block network the last block before the final "
                       "norm), the class-token regulariser, and from step 3,000 the class-token / patch-token "
-                      "contrast (CLE, weight 0.2, temperature 1.0) on pseudo labels from the auxiliary CAM of a "
-                      "no-grad pass at "
+                      f"contrast (CLE, weight 0.2, temperature {MORE_DEMO_TEMPERATURE}) on pseudo labels from "
+                      "the auxiliary CAM of a no-grad pass at "
                       f"scales {', '.join(map(str, MORE_LABEL_SCALES))} with flips (MoRe's multi_scale_cam2)",
                       batch=32, sizes=(80, 96, 112), train_images=14400),
 }
@@ -146,7 +146,8 @@ class MoReTrainingHead(torch.nn.Module):
     ``-3`` after global max pooling (1.0; the demo's 2-block network has no block -3 and uses the
     output of its last block before the final norm); the class-token regulariser of ``multi_cls_loss`` (1.0: the
     L2-normalised GCR-refined class tokens, cosine / 0.07, cross-entropy against their own index);
-    and the class-token / patch-token contrast (CLE, 0.2; temperature 1.0, see below): for each class of the
+    and the class-token / patch-token contrast (CLE, 0.2; ``temperature``, MoRe's 0.5 by default, the
+    demo's ``MORE_DEMO_TEMPERATURE`` 1.0, see below): for each class of the
     image, a softmax over the (detached) patch tokens of the normalised refined class token, whose
     negative log is averaged over the patches that the auxiliary CAM labels with that class
     (ToCo's ``cam_to_label``: background 0.5, ignored between 0.25 and 0.5). The auxiliary CAM is
