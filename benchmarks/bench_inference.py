@@ -85,7 +85,7 @@ def random_checkpoint(method: str, backbone: str, tmp: Path) -> Path:
 
 
 def method_row(method: str, backbone: str, batch: int, data: Path, tmp: Path, args) -> dict:
-    from wsss_bench.inference.runner import RunConfig, run_method
+    from wsss_bench.inference import RunConfig, run_method
 
     ckpt = random_checkpoint(method, backbone, tmp)
     cls = load_method(method)

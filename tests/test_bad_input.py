@@ -317,7 +317,7 @@ def test_suite_value_of_the_wrong_type_names_file_and_key(synth, tmp_path, capsy
 
 def test_suite_values_of_the_right_type_are_accepted(synth, tmp_path):
     """Integers where floats are due (scales = [1, 0.5]) and tables of options pass the type check."""
-    from wsss_bench.inference.runner import config_from_dict
+    from wsss_bench.inference import config_from_dict
 
     cfg = config_from_dict({"method": "center-prior", "data_root": str(synth), "scales": [1, 0.5],
                             "ignore_band": [0, 0.5], "hparams": {"sigma": 0.3}, "flip": False, "limit": 2,

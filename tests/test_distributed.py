@@ -100,7 +100,7 @@ def test_torchrun_two_gloo_processes_equal_single_process_record(synth, cam_ckpt
     for k in ca:
         np.testing.assert_array_equal(cb[k], ca[k], err_msg=k)
     # each rank wrote the pseudo labels of its shard at the all-rank threshold: the same PNGs
-    assert sorted(p.name for p in dist_pseudo.iterdir()) == sorted(f"{i}.png" for i in ids)
+    assert sorted(p.name for p in dist_pseudo.glob("*.png")) == sorted(f"{i}.png" for i in ids)
     for i in ids:
         with Image.open(single_pseudo / f"{i}.png") as x, Image.open(dist_pseudo / f"{i}.png") as y:
             np.testing.assert_array_equal(np.array(y), np.array(x), err_msg=i)

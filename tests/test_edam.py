@@ -159,7 +159,7 @@ def test_out_of_range_class_is_an_error():
 def test_native_settings_are_edam_infer_cls():
     n = EDAMAdapter.native
     assert n.scales == (1.0, 0.5, 1.5, 2.0)
-    assert n.flip and n.fusion == "sum" and n.normalization == "max" and n.eps == 0.0
+    assert n.flip and n.flip_fusion == n.scale_fusion == "sum" and n.resize == "pil-bicubic" and n.normalization == "max" and n.eps == 0.0
     assert n.input_size is None and n.align_corners is False
     assert n.background.rule == "constant" and n.background.value == 0.5
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from edam_official_layout import edam_released_keys
+from PIL import Image
 
 from wsss_bench.cli import main
 from wsss_bench.data.base import Sample
 from wsss_bench.data.synthetic import generate
-from wsss_bench.inference.runner import compute_maps
-from wsss_bench.inference.tta import resize_image
+from wsss_bench.inference import compute_maps
 from wsss_bench.methods.edam import EDAMAdapter
 
 TINY = "resnet38-w0.0625"  # every channel count / 16
@@ -48,16 +48,16 @@ def test_native_fusion_equals_hand_written_loop(tmp_path):
 
     # EDAM infer_cls.py, one view at a time: scales 1, 0.5, 1.5, 2 (rounded sizes), image and its
     # flip, each map upsampled bilinearly to the image size, the flip's flipped back, all summed,
-    # each class divided by its max (no epsilon). The resize itself is the runner's (PIL-like).
+    # each class divided by its max (no epsilon). The rescale is Pillow's bicubic (voc12/data.py).
     classes = torch.tensor([1, 3, 4])
-    img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     total = torch.zeros(3, 37, 50)
     with torch.no_grad():
         for s in (1.0, 0.5, 1.5, 2.0):
             size = (int(round(37 * s)), int(round(50 * s)))
-            x = (resize_image(img, size, mode="bicubic") / 255.0 - mean) / std
+            pil = Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC)
+            x = (torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
             for flipped in (False, True):
                 view = x.flip(-1) if flipped else x
                 m = adapter.forward_maps(view, classes)
@@ -81,7 +81,7 @@ def test_wsss_bench_run_on_synthetic_with_a_narrow_random_network(tmp_path):
     rec = json.loads(path.read_text())
     assert rec["method"] == "edam" and rec["backbone"] == TINY
     s = rec["settings"]
-    assert s["scales"] == [1.0, 0.5, 1.5, 2.0] and s["flip"] is True and s["fusion"] == "sum"
+    assert s["scales"] == [1.0, 0.5, 1.5, 2.0] and s["flip"] is True and s["flip_fusion"] == "sum" and s["resize"] == "pil-bicubic"
     assert s["normalization"] == "max" and s["eps"] == 0.0
     assert s["background"]["value"] == pytest.approx(0.45)
     assert len(rec["sweep"]["miou"]) == 100 and rec["num_images"] > 0

@@ -204,8 +204,9 @@ def test_views_of_a_batch_do_not_interact():
 
 def test_native_settings_and_bad_hyperparameters():
     n = MoReAdapter.native
-    assert (n.scales, n.flip, n.fusion, n.normalization, n.eps, n.input_size) == ((1.0,), True, "max", "minmax",
-                                                                                    1e-5, 448)
+    assert (n.scales, n.flip, n.flip_fusion, n.scale_fusion, n.normalization, n.eps, n.input_size) == (
+        (1.0,), True, "max", "sum", "minmax", 1e-5, 448)
+    assert (n.resize, n.input_resize, n.size_rounding, n.fuse_at) == ("bilinear", "bilinear", "floor", "input")
     assert n.background.rule == "constant" and n.background.value == 0.5
     assert MoReAdapter.backbones[0] == "vit_base_patch16"
     with pytest.raises(WsssBenchError, match="map must be one of"):
@@ -236,7 +237,7 @@ def official_multi_scale(maps_fn, inputs: torch.Tensor, relu: bool) -> torch.Ten
 @pytest.mark.parametrize("map_name", ["lam", "cam"])
 def test_runner_with_native_settings_reproduces_official_multi_scale_inference(map_name):
     from wsss_bench.data.base import Sample
-    from wsss_bench.inference.runner import compute_maps
+    from wsss_bench.inference import compute_maps
     from wsss_bench.inference.tta import normalise_image
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ from cam_helpers import write_tiny_cam_checkpoint
 from wsss_bench.cli import main
 from wsss_bench.data.synthetic import generate
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.inference.runner import RunConfig, run_method
+from wsss_bench.inference import RunConfig, run_method
 from wsss_bench.io import load_cam_file
 
 SAME_KEYS = ("metrics", "sweep", "best_threshold", "best_threshold_index", "calibrated", "native",
@@ -84,7 +84,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_record(synth, cam_ckpt, tmp_
     res = subprocess.run([sys.executable, "-m", "wsss_bench", *cli_args(synth, cam_ckpt, out_killed),
                           "--save-cams", str(cache)], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "recomputing unreadable cache entry" in res.stderr and str(victim) in res.stderr
+    assert "recomputing unusable cache entry" in res.stderr and str(victim) in res.stderr
     assert main(cli_args(synth, cam_ckpt, out_full)) == 0
     resumed, full = read(out_killed), read(out_full)
     assert resumed["cache"]["cached"] == len(done) - 1
@@ -135,7 +135,7 @@ def test_damaged_cache_entries_are_reported_and_recomputed(synth, cam_ckpt, tmp_
         good = victim.read_bytes()
         damage_entry(victim, how)
         assert victim.read_bytes() != good
-        with pytest.warns(RuntimeWarning, match=rf"recomputing unreadable cache entry: .*{victim.name}"):
+        with pytest.warns(RuntimeWarning, match=rf"recomputing unusable cache entry: .*{victim.name}"):
             again = run_method(RunConfig(**base, out=str(tmp_path / how), save_cams=str(cache))).record
         assert again["cache"] == {"cached": 5, "computed": 1, "recomputed_corrupt": 1}, how
         for key in SAME_KEYS:

@@ -19,8 +19,7 @@ from wsss_bench.cli import main
 from wsss_bench.data.classes import voc_palette
 from wsss_bench.data.synthetic import generate
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.inference.runner import RunConfig, run_method
-from wsss_bench.inference.tta import resize_image, scaled_size
+from wsss_bench.inference import RunConfig, run_method
 from wsss_bench.methods.cam import CAMAdapter
 
 
@@ -75,10 +74,20 @@ def irn_state_dict(num_classes: int = 20) -> dict[str, torch.Tensor]:
     return state
 
 
+def _pil_rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """IRN ``misc/imutils.py`` ``pil_rescale``: Pillow bicubic to (round(h * s), round(w * s))."""
+    h, w = image.shape[:2]
+    size = (int(np.round(h * scale)), int(np.round(w * scale)))
+    if size == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
+
+
 def reference_cam(image: np.ndarray, state: dict[str, torch.Tensor], classes: list[int]) -> torch.Tensor:
-    """IRN's CAM written independently on torchvision's ResNet-50 (layer4 stride 1): per scale the
-    image and its flip, relu(conv(features, W)), flip map flipped back and summed, each scale
-    upsampled to the image size and summed, divided by max + 1e-5."""
+    """IRN's ``make_cam.py`` written independently on torchvision's ResNet-50 (layer4 stride 1): per
+    scale the Pillow-rescaled image and its flip, relu(conv(features, W)), the flip's map flipped back
+    and added at the strided resolution (``resnet50_cam.CAM``), upsampled to the image size rounded up
+    to a multiple of 16, summed over scales, cropped, divided by max + 1e-5."""
     net = torchvision.models.resnet50(weights=None)
     net.layer4[0].conv2.stride = (1, 1)
     net.layer4[0].downsample[0].stride = (1, 1)
@@ -86,25 +95,25 @@ def reference_cam(image: np.ndarray, state: dict[str, torch.Tensor], classes: li
     net.eval()
     body = torch.nn.Sequential(*list(net.children())[:-2])
     W = state["classifier.weight"][classes]
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
     H, Wd = image.shape[:2]
-    total = torch.zeros(len(classes), H, Wd)
-    img = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    up = ((H - 1) // 16 * 16 + 16, (Wd - 1) // 16 * 16 + 16)
+    total = torch.zeros(len(classes), *up)
     with torch.no_grad():
         for s in (1.0, 0.5, 1.5, 2.0):
-            x = resize_image(img, scaled_size(H, Wd, s))
-            x = (x / 255 - mean) / std
-            for flipped in (False, True):
-                xi = x.flip(-1) if flipped else x
-                cam = F.relu(F.conv2d(body(xi), W))
-                cam = cam.flip(-1) if flipped else cam
-                total += F.interpolate(cam, (H, Wd), mode="bilinear", align_corners=False)[0]
+            x = ((_pil_rescale(image, s) / 255.0 - mean) / std).astype(np.float32)
+            x = torch.from_numpy(x).permute(2, 0, 1)[None]
+            x = torch.cat([x, x.flip(-1)])
+            cam = F.relu(F.conv2d(body(x), W))
+            cam = cam[0] + cam[1].flip(-1)
+            total += F.interpolate(cam[:, None], up, mode="bilinear", align_corners=False)[:, 0]
+    total = total[:, :H, :Wd]
     return total / (total.amax(dim=(1, 2), keepdim=True) + 1e-5)
 
 
 def test_irn_checkpoint_loads_and_cam_matches_independent_computation(tmp_path):
-    from wsss_bench.inference.runner import compute_maps
+    from wsss_bench.inference import compute_maps
     from wsss_bench.methods.base import STANDARD_SETTINGS
 
     state = irn_state_dict()
@@ -126,6 +135,7 @@ def test_irn_checkpoint_loads_and_cam_matches_independent_computation(tmp_path):
     ref = reference_cam(image, state, [2, 14])
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     assert a.native.scales == STANDARD_SETTINGS.scales and a.native.background.value == 0.15
+    assert a.native.upsample == "stride-padded" and a.native.upsample_stride == 16
 
 
 def test_cam_loads_plain_timm_layout_and_lists_mismatches(tmp_path):

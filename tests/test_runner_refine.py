@@ -12,7 +12,7 @@ from wsss_bench import refine as R
 from wsss_bench.data import build_dataset
 from wsss_bench.data.synthetic import generate
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.inference.runner import RunConfig, run_method
+from wsss_bench.inference import RunConfig, run_method
 from wsss_bench.io import load_cam_file, write_index_png
 from wsss_bench.metrics.confusion import ConfusionEvaluator
 

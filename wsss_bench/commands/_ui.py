@@ -72,3 +72,21 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
             line += f" | native threshold {nat['threshold']:.2f}: mIoU {pct(nat['miou'])}"
         lines.append(line)
     return lines
+
+
+def summary_table(records: list[dict[str, Any]]) -> Table:
+    t = Table(title="wsss-bench: pseudo-label quality", header_style="bold")
+    for col, just in (("run", "left"), ("method", "left"), ("settings", "left"), ("best mIoU", "right"),
+                      ("best t", "right"), ("calibrated mIoU", "right"), ("native mIoU", "right"),
+                      ("images/s", "right")):
+        t.add_column(col, justify=just)
+    for r in sorted(records, key=lambda r: -(r["metrics"]["miou"] or 0)):
+        if r["kind"] != "pseudo_label":
+            continue
+        ips = (r.get("timings") or {}).get("images_per_second")
+        t.add_row(r.get("name") or "", r.get("method") or r.get("segmenter") or "",
+                  (r.get("settings") or {}).get("name", ""), pct(r["metrics"]["miou"]),
+                  f"{r['best_threshold']:.2f}" if r.get("best_threshold") is not None else "-",
+                  pct((r.get("calibrated") or {}).get("miou")), pct((r.get("native") or {}).get("miou")),
+                  f"{ips:.1f}" if ips else "-")
+    return t

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from wsss_bench.commands._ui import console, pct, progress_bar, summary_lines
+from wsss_bench.commands._ui import console, progress_bar, summary_lines, summary_table
 from wsss_bench.errors import WsssBenchError
 
 
@@ -68,24 +68,6 @@ def load_suite(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return data, runs
 
 
-def summary_table(records: list[dict[str, Any]]) -> Table:
-    t = Table(title="wsss-bench: pseudo-label quality", header_style="bold")
-    for col, just in (("run", "left"), ("method", "left"), ("settings", "left"), ("best mIoU", "right"),
-                      ("best t", "right"), ("calibrated mIoU", "right"), ("native mIoU", "right"),
-                      ("images/s", "right")):
-        t.add_column(col, justify=just)
-    for r in sorted(records, key=lambda r: -(r["metrics"]["miou"] or 0)):
-        if r["kind"] != "pseudo_label":
-            continue
-        ips = (r.get("timings") or {}).get("images_per_second")
-        t.add_row(r.get("name") or "", r.get("method") or r.get("segmenter") or "",
-                  (r.get("settings") or {}).get("name", ""), pct(r["metrics"]["miou"]),
-                  f"{r['best_threshold']:.2f}" if r.get("best_threshold") is not None else "-",
-                  pct((r.get("calibrated") or {}).get("miou")), pct((r.get("native") or {}).get("miou")),
-                  f"{ips:.1f}" if ips else "-")
-    return t
-
-
 def run_command(
     config: Path = typer.Argument(None, help="A TOML suite file (defaults + [[run]] tables). "
                                   "With no config and no --method: the embedded demo."),
@@ -138,7 +120,7 @@ def run_command(
       [bold]wsss-bench run --method cam --checkpoint res50_cam.pth --dataset voc --data-root VOC2012 --split train[/bold]
       [bold]wsss-bench run suite.toml --out records/[/bold]
     """
-    from wsss_bench.inference.runner import RunConfig, config_from_dict, run_method, run_segmentation_stage
+    from wsss_bench.inference import RunConfig, config_from_dict, run_method, run_segmentation_stage
 
     if stage not in ("pseudo", "segmentation"):
         raise WsssBenchError(f"--stage must be pseudo or segmentation, got {stage!r}")
@@ -204,9 +186,9 @@ def methods_command() -> None:
         t.add_column(col)
     for name, cls in found.items():
         n = cls.native
-        nat = (f"scales {', '.join(map(str, n.scales))}; flip {'yes' if n.flip else 'no'} ({n.fusion}); "
-               f"{n.normalization} norm.; input {n.input_size or 'as is'}; background {n.background.rule} "
-               f"{n.background.value}")
+        nat = (f"scales {', '.join(map(str, n.scales))} ({n.resize}); flip {'yes' if n.flip else 'no'} "
+               f"({n.flip_fusion}); scales {n.scale_fusion}; {n.normalization} norm. at {n.fuse_at} size; "
+               f"input {n.input_size or 'as is'}; background {n.background.rule} {n.background.value}")
         hp = ", ".join(f"{k}={v}" for k, v in cls.hyperparameters.items()) or "-"
         t.add_row(name, f"{cls.paper}\n[dim]{cls.official_code}[/dim]", ", ".join(cls.backbones), hp, nat)
     console.print(t)

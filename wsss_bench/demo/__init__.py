@@ -34,7 +34,7 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
     """RunConfigs of the demo suite."""
     from wsss_bench.data.classes import SYNTHETIC
     from wsss_bench.errors import WsssBenchError
-    from wsss_bench.inference.runner import RunConfig, resolve_settings
+    from wsss_bench.inference import RunConfig, resolve_settings
     from wsss_bench.methods.registry import load_method
 
     manifest = demo_manifest()
@@ -71,7 +71,7 @@ def run_cost(cfg: Any) -> float:
     per image, times 3 where every class needs its own backward pass (GETAM); 0 for a run that reads
     another run's map cache."""
     from wsss_bench.data.classes import SYNTHETIC
-    from wsss_bench.inference.runner import resolve_settings
+    from wsss_bench.inference import resolve_settings
     from wsss_bench.methods.registry import load_method
 
     if cfg.save_cams and not cfg.fresh:
@@ -86,7 +86,7 @@ def _run_one(cfg: Any, threads: int, queue: Any) -> dict[str, Any] | tuple[str, 
     import torch
 
     from wsss_bench.errors import WsssBenchError
-    from wsss_bench.inference.runner import run_method
+    from wsss_bench.inference import run_method
 
     torch.set_num_threads(threads)
     try:
@@ -116,7 +116,7 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
     """
     from wsss_bench.commands._ui import progress_bar
     from wsss_bench.errors import WsssBenchError
-    from wsss_bench.inference.runner import run_method
+    from wsss_bench.inference import run_method
 
     if jobs <= 1:
         records = []
@@ -179,8 +179,7 @@ def run_demo(out: Path = Path("wsss-bench-demo"), images: int | None = None, dev
              workers: int = 0, methods: list[str] | None = None, quiet: bool = False,
              jobs: int | None = None) -> list[dict[str, Any]]:
     """Run the demo suite; returns the records. ``jobs``: parallel runs (default :func:`default_jobs`)."""
-    from wsss_bench.commands._ui import console
-    from wsss_bench.commands.run_cmd import summary_table
+    from wsss_bench.commands._ui import console, summary_table
     from wsss_bench.data.synthetic import ensure_synthetic
 
     t0 = time.perf_counter()

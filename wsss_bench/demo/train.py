@@ -285,16 +285,25 @@ def _objective(method: str) -> Callable[..., torch.Tensor]:
     return {"cam": cam, "edam": edam, "getam": cam, "ad-cam": cam, "more": more}[method]
 
 
+def _training_resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The demo training set's resize: antialiased float bicubic of the 0..255 image, clamped and
+    rounded (how the shipped demo weights were trained; inference follows each method's own rule)."""
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    out = F.interpolate(img, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return out.clamp_(0, 255).round_()
+
+
 def _load_training_set(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from wsss_bench.data import build_dataset
-    from wsss_bench.inference.tta import normalise_image, resize_image, to_tensor_image
+    from wsss_bench.inference.tta import normalise_image, to_tensor_image
     from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD
 
     ds = build_dataset("synthetic", root, "train")
     xs, ys = [], []
     for i in range(len(ds)):
         s = ds[i]
-        img = resize_image(to_tensor_image(s.image, "cpu"), (size, size))
+        img = _training_resize(to_tensor_image(s.image, "cpu"), (size, size))
         xs.append(normalise_image(img, IMAGENET_MEAN, IMAGENET_STD)[0])
         ys.append(torch.from_numpy(s.labels))
     return torch.stack(xs), torch.stack(ys)

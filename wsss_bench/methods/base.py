@@ -15,6 +15,7 @@ Adapters are found through the entry-point group ``wsss_bench.methods``; see
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -65,37 +66,85 @@ class Background:
         return {"rule": self.rule, "value": self.value, "threshold": self.threshold()}
 
 
+#: How an image is rescaled for a view (``InferenceSettings.resize`` / ``input_resize``):
+#: ``pil-bicubic``: Pillow's bicubic ``Image.resize`` of the uint8 image (IRN ``misc/imutils.py``
+#: ``pil_rescale``, EDAM ``voc12/data.py``): Pillow resamples in two passes and rounds to 8 bits between
+#: them, so it is done with Pillow itself, in the loader workers, and is exact by construction.
+#: ``bilinear``: plain float bilinear interpolation (no antialiasing, ``align_corners=False``) of the
+#: normalised image on the device (MoRe ``tools/infer_lam.py``, ``utils/camutils.py``).
+RESIZE_METHODS = ("pil-bicubic", "bilinear")
+#: How a scaled side is rounded: ``round`` = ``np.round`` / Python ``round`` (half to even; IRN, EDAM),
+#: ``floor`` = ``int(s * side)`` (MoRe's ``multi_scale_lam2``).
+SIZE_ROUNDINGS = ("round", "floor")
+#: Where a view's map is brought before fusion: ``direct`` = bilinear to the target size;
+#: ``stride-padded`` = bilinear to the target size rounded up to a multiple of ``upsample_stride``,
+#: flipped back there, fused, and cropped to the target (IRN ``step/make_cam.py``, ``strided_up_size``).
+UPSAMPLINGS = ("direct", "stride-padded")
+#: The size at which views are fused and normalised: ``image`` (the original image, IRN, EDAM) or
+#: ``input`` (the ``input_size`` square, MoRe: fused and min-max normalised at 448 x 448, then resized
+#: bilinearly to the image size).
+FUSE_AT = ("image", "input")
+FUSIONS = ("sum", "max")
+NORMALIZATIONS = ("max", "minmax")
+
+
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Test-time augmentation and post-processing of maps.
+    """Test-time augmentation and post-processing of maps: the whole native pipeline of a method.
 
-    - ``scales``: image rescale factors (bicubic, size rounded), applied after ``input_size``.
-    - ``flip``: also run the horizontal flip of every scale; its map is flipped back.
-    - ``fusion``: how views are combined at the image size, ``"sum"`` or ``"max"``.
-    - ``normalization``: per class, ``"max"`` (divide by max + eps) or ``"minmax"``
-      (subtract min, divide by max + eps).
+    The pipeline (:mod:`wsss_bench.inference.tta`): optionally resize the image to the
+    ``input_size`` square (``input_resize``); for each scale, rescale it (``resize``, sides rounded by
+    ``size_rounding``), with ``flip`` add its mirror; run the views; bring every view's map to the
+    fusion size (``fuse_at``) by bilinear upsampling (``upsample``, ``align_corners``); flip the
+    mirrored maps back; fuse a view and its mirror by ``flip_fusion`` and the scales by
+    ``scale_fusion``; normalise each class map (``normalization``, ``eps``); when fused at the input
+    size, resize the normalised maps bilinearly to the image size.
+
+    - ``normalization``: ``max`` (clamp at 0, divide by max + eps) or ``minmax`` (subtract the min,
+      divide by max + eps).
     - ``eps``: the epsilon of the normalisation (EDAM uses 0).
-    - ``input_size``: resize the image to this square size before scaling (MoRe: 448), or None.
-    - ``align_corners``: of the bilinear upsampling of each view's map to the image size.
     - ``background``: the method's own background rule (the sweep covers every threshold anyway).
     """
 
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     flip: bool = True
-    fusion: str = "sum"
+    resize: str = "pil-bicubic"
+    size_rounding: str = "round"
+    input_size: int | None = None
+    input_resize: str = "bilinear"
+    upsample: str = "direct"
+    upsample_stride: int = 16
+    align_corners: bool = False
+    fuse_at: str = "image"
+    flip_fusion: str = "sum"
+    scale_fusion: str = "sum"
     normalization: str = "max"
     eps: float = 1e-5
-    input_size: int | None = None
-    align_corners: bool = False
     background: Background = field(default_factory=Background)
 
     def __post_init__(self) -> None:
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise WsssBenchError(f"scales must be positive, got {self.scales}")
-        if self.fusion not in ("sum", "max"):
-            raise WsssBenchError(f"fusion must be 'sum' or 'max', got {self.fusion!r}")
-        if self.normalization not in ("max", "minmax"):
-            raise WsssBenchError(f"normalization must be 'max' or 'minmax', got {self.normalization!r}")
+        if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
+            raise WsssBenchError(f"scales must be positive finite numbers, got {list(self.scales)}")
+        if any(s > 8 for s in self.scales):
+            raise WsssBenchError(f"scales above 8 are refused (got {list(self.scales)})")
+        for name, allowed in (("resize", RESIZE_METHODS), ("input_resize", RESIZE_METHODS),
+                              ("size_rounding", SIZE_ROUNDINGS), ("upsample", UPSAMPLINGS),
+                              ("fuse_at", FUSE_AT), ("flip_fusion", FUSIONS), ("scale_fusion", FUSIONS),
+                              ("normalization", NORMALIZATIONS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise WsssBenchError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.input_size is not None and not (isinstance(self.input_size, int) and 1 <= self.input_size <= 8192):
+            raise WsssBenchError(f"input_size must be an integer in 1..8192 or None, got {self.input_size!r}")
+        if self.resize == "pil-bicubic" and self.input_size is not None and self.input_resize != "pil-bicubic":
+            raise WsssBenchError("resize='pil-bicubic' works on uint8 images: it cannot follow a float "
+                                 "input_resize='bilinear' (use resize='bilinear' or input_resize='pil-bicubic')")
+        if self.fuse_at == "input" and self.input_size is None:
+            raise WsssBenchError("fuse_at='input' needs an input_size")
+        if not (isinstance(self.upsample_stride, int) and self.upsample_stride >= 1):
+            raise WsssBenchError(f"upsample_stride must be a positive integer, got {self.upsample_stride!r}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise WsssBenchError(f"eps must be a finite number >= 0, got {self.eps}")
 
     def replace(self, **changes: Any) -> InferenceSettings:
         return dataclasses.replace(self, **changes)
@@ -107,10 +156,13 @@ class InferenceSettings:
         return d
 
 
-#: The shared protocol settings, identical for all methods (METHODS.md, "standard").
+#: The shared protocol settings, identical for all methods (METHODS.md, "standard"): Pillow bicubic
+#: rescaling (the convention of IRN and EDAM), scales 1.0, 0.5, 1.5, 2.0 with flips, every view
+#: upsampled straight to the image size, summed, and each class map divided by its max + 1e-5.
 STANDARD_SETTINGS = InferenceSettings(
-    scales=(1.0, 0.5, 1.5, 2.0), flip=True, fusion="sum", normalization="max", eps=1e-5,
-    input_size=None, align_corners=False, background=Background("constant", 0.15),
+    scales=(1.0, 0.5, 1.5, 2.0), flip=True, resize="pil-bicubic", size_rounding="round", input_size=None,
+    upsample="direct", align_corners=False, fuse_at="image", flip_fusion="sum", scale_fusion="sum",
+    normalization="max", eps=1e-5, background=Background("constant", 0.15),
 )
 
 

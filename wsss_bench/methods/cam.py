@@ -110,8 +110,11 @@ class CAMAdapter(MethodAdapter):
     official_code = "jiwoon-ahn/irn net/resnet50_cam.py, step/make_cam.py"
     backbones = tuple(RESNETS)
     hyperparameters: ClassVar[dict] = {}
-    native = InferenceSettings(scales=(1.0, 0.5, 1.5, 2.0), flip=True, fusion="sum", normalization="max",
-                               eps=1e-5, background=Background("constant", 0.15))
+    native = InferenceSettings(
+        scales=(1.0, 0.5, 1.5, 2.0), flip=True, resize="pil-bicubic", size_rounding="round", input_size=None,
+        upsample="stride-padded", upsample_stride=16, align_corners=False, fuse_at="image",
+        flip_fusion="sum", scale_fusion="sum", normalization="max", eps=1e-5,
+        background=Background("constant", 0.15))
 
     def build(self) -> nn.Module:
         self.model = CAMNet(self.backbone, self.num_classes).eval()

@@ -24,7 +24,7 @@ class CenterPriorAdapter(MethodAdapter):
     backbones = ("none",)
     hyperparameters: ClassVar[dict] = {"sigma": 0.25}
     needs_checkpoint = False
-    native = InferenceSettings(scales=(1.0,), flip=False, fusion="sum", normalization="max", eps=1e-5,
+    native = InferenceSettings(scales=(1.0,), flip=False, normalization="max", eps=1e-5,
                                background=Background("constant", 0.5))
 
     def build(self) -> nn.Module:

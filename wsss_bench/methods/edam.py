@@ -45,8 +45,9 @@ from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
 EDAM_TRAINING_ONLY_PREFIXES = ("d_d.", "embedding.", "trans_list.", "fc_list.")
 
 EDAM_NATIVE = InferenceSettings(
-    scales=(1.0, 0.5, 1.5, 2.0), flip=True, fusion="sum", normalization="max", eps=0.0,
-    input_size=None, align_corners=False, background=Background("constant", 0.5),
+    scales=(1.0, 0.5, 1.5, 2.0), flip=True, resize="pil-bicubic", size_rounding="round", input_size=None,
+    upsample="direct", align_corners=False, fuse_at="image", flip_fusion="sum", scale_fusion="sum",
+    normalization="max", eps=0.0, background=Background("constant", 0.5),
 )
 
 

@@ -182,8 +182,8 @@ class GETAMAdapter(MethodAdapter):
         "grad_batch": 0,
     }
     native: ClassVar[InferenceSettings] = InferenceSettings(
-        scales=(1.0,), flip=False, fusion="sum", normalization="max", eps=1e-5, input_size=None,
-        align_corners=True, background=Background("power", 32),
+        scales=(1.0,), flip=False, resize="pil-bicubic", input_size=None, upsample="direct",
+        align_corners=True, fuse_at="image", normalization="max", eps=1e-5, background=Background("power", 32),
     )
     needs_grad: ClassVar[bool] = True
 

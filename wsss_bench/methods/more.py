@@ -184,8 +184,9 @@ class MoReAdapter(MethodAdapter):
     backbones: ClassVar[tuple[str, ...]] = ("vit_base_patch16", "vit_tiny_demo")
     hyperparameters: ClassVar[dict[str, Any]] = {"map": "lam"}
     native: ClassVar[InferenceSettings] = InferenceSettings(
-        scales=(1.0,), flip=True, fusion="max", normalization="minmax", eps=1e-5, input_size=448,
-        align_corners=False, background=Background("constant", 0.5))
+        scales=(1.0,), flip=True, resize="bilinear", size_rounding="floor", input_size=448,
+        input_resize="bilinear", upsample="direct", align_corners=False, fuse_at="input", flip_fusion="max",
+        scale_fusion="sum", normalization="minmax", eps=1e-5, background=Background("constant", 0.5))
 
     MAPS: ClassVar[tuple[str, ...]] = ("lam", "cam")
 

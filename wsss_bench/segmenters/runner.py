@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from wsss_bench.data.base import Sample, SegDataset, fingerprint_of
 from wsss_bench.errors import CarryUserErrors, WsssBenchError, raise_carried
 from wsss_bench.inference import distributed as D
-from wsss_bench.inference.runner import autocast_context, resolve_device
+from wsss_bench.inference.device import autocast_context, resolve_device
 from wsss_bench.io import write_index_png
 from wsss_bench.metrics.confusion import ConfusionEvaluator
 from wsss_bench.records import new_record
