@@ -331,3 +331,38 @@ def test_negative_workers_or_zero_limit_are_one_line_errors(synth, tmp_path, cap
     args = ["run", "--method", "center-prior", "--data-root", str(synth), "--out", str(tmp_path / "o"),
             "--device", "cpu", flag, value]
     fails_cleanly(args, capsys, flag, tmp_path / "o")
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_keys(tmp_path):
+    """A diverged checkpoint used to give all-zero maps and a normal-looking record."""
+    from wsss_bench.methods.cam import CAMAdapter
+
+    p = write_tiny_cam_checkpoint(tmp_path / "cam.pth", seed=0)
+    state = torch.load(p, weights_only=True)
+    state["classifier.weight"][0, 0] = float("nan")
+    torch.save(state, p)
+    with pytest.raises(WsssBenchError, match=r"NaN or infinite values in classifier\.weight") as e:
+        CAMAdapter(5, backbone="resnet-tiny").load_checkpoint(str(p))
+    assert str(p) in str(e.value)
+
+
+def test_non_finite_maps_are_an_error_not_zeros():
+    """NaN maps (an overflow at reduced precision, a method bug) used to be normalised into zeros."""
+    from wsss_bench.data.base import Sample
+    from wsss_bench.inference import compute_maps
+    from wsss_bench.methods.center_prior import CenterPriorAdapter
+
+    class NaNPrior(CenterPriorAdapter):
+        name = "nan-prior"
+
+        def forward_maps(self, views, classes):
+            out = super().forward_maps(views, classes)
+            out[..., 0, 0] = float("nan")
+            return out
+
+    a = NaNPrior(5)
+    a.build()
+    labels = np.array([0, 1, 0, 0, 1], np.float32)
+    sample = Sample("img7", np.zeros((20, 30, 3), np.uint8), labels, None)
+    with pytest.raises(WsssBenchError, match="nan-prior produced NaN or infinite maps for image img7"):
+        compute_maps(a, [sample], a.native, torch.device("cpu"))

@@ -106,3 +106,27 @@ def test_torchrun_two_gloo_processes_equal_single_process_record(synth, cam_ckpt
             np.testing.assert_array_equal(np.array(y), np.array(x), err_msg=i)
     # only rank 0 wrote: one record, one counts file, no temporary leftovers
     assert sorted(p.name for p in dist_out.iterdir()) == ["cam-dist.counts.npz", "cam-dist.json"]
+
+
+def test_a_bad_image_on_one_rank_is_one_line_from_each_rank_and_no_record(synth, cam_ckpt, tmp_path):
+    import shutil
+
+    data = tmp_path / "shapes"
+    shutil.copytree(synth, data)
+    ids = (data / "ImageSets/Segmentation/train.txt").read_text().split()
+    bad = data / "JPEGImages" / f"{ids[1]}.jpg"  # rank 1's first image
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    env = {k: v for k, v in child_env().items() if k != "WSSS_BENCH_DEBUG"}
+    cmd = [*torchrun(), "--nnodes", "1", "--node-rank", "0", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "-m", "wsss_bench", "run", "--method", "cam", "--backbone", "resnet-tiny", "--checkpoint",
+           str(cam_ckpt), "--data-root", str(data), "--device", "cpu", "--workers", "0", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    # the failing rank names the file and the problem; the other rank says why it stops, one line each
+    assert any(str(bad) in line or bad.name in line for line in ours), proc.stderr[-2000:]
+    assert any("another rank stopped" in line for line in ours), proc.stderr[-2000:]
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
+    assert not out.exists() or not list(out.glob("*.json"))

@@ -109,7 +109,18 @@ def load_checkpoint_strict(model: nn.Module, path: str, filter_fn: Callable[[dic
     except WsssBenchError as e:
         raise WsssBenchError(e.message, path) from None
     load_strict(model, state, path, method=label)
+    check_finite(state, path)
     return sha256_file(path)
+
+
+def check_finite(state: dict[str, Any], path: Any) -> None:
+    """Refuse a checkpoint whose floating-point tensors hold NaN or infinity (a diverged training
+    run): its maps would be silently turned into zeros further down."""
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - 6} more)" if len(bad) > 6 else ""
+        raise WsssBenchError(f"checkpoint has NaN or infinite values in {', '.join(bad[:6])}{more}", path)
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Any, method: str = "") -> None:

@@ -7,12 +7,43 @@ variables everything runs single-process and these helpers are no-ops.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from wsss_bench.errors import WsssBenchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def _peer_failures() -> Iterator[None]:
+    """A collective that fails because another rank stopped (its process exited with its own one-line
+    error, and gloo/NCCL report a closed connection) becomes one line here too, not a traceback."""
+    try:
+        yield
+    except WsssBenchError:
+        raise
+    except (RuntimeError, ValueError, OSError) as e:  # DistBackendError and friends are RuntimeErrors
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else "?"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise WsssBenchError(f"rank {rank}: another rank stopped, so this one stops too (the first error "
+                             f"is printed by that rank; here: {first})") from None
+
+
+def collective(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _peer_failures():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -65,11 +96,13 @@ def shard(ids: list[str], info: DistInfo) -> list[str]:
     return ids[info.rank::info.world_size] if info.active else list(ids)
 
 
+@collective
 def barrier(info: DistInfo) -> None:
     if info.active:
         dist.barrier()
 
 
+@collective
 def sync_evaluator(ev: Any, info: DistInfo) -> None:
     """Sum an evaluator's histogram / confusion over ranks and gather its per-image state, in place.
 
@@ -92,6 +125,7 @@ def sync_evaluator(ev: Any, info: DistInfo) -> None:
         setattr(ev, k, merged)
 
 
+@collective
 def all_sum_int(value: int, info: DistInfo) -> int:
     if not info.active:
         return value
@@ -100,6 +134,7 @@ def all_sum_int(value: int, info: DistInfo) -> int:
     return int(t.item())
 
 
+@collective
 def all_max_float(value: float, info: DistInfo) -> float:
     if not info.active:
         return value
