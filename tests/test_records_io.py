@@ -18,7 +18,7 @@ import wsss_bench.io as wio
 from wsss_bench.cli import main
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.records import PATH_FIELDS, read_counts, read_record, relative_to, write_record
-from wsss_bench.reports import build_leaderboard
+from wsss_bench.reports import ReportWarning, build_leaderboard
 
 
 def _record(**fields):
@@ -93,6 +93,12 @@ def test_a_cloned_leaderboard_folder_rebuilds_with_its_qualitative_grid(tmp_path
     (g,) = doc["groups"]
     assert "grid" in g["plots"] and len(g["grid_ids"]) == 2
     assert all(f.is_file() for f in files)
+    # without the data, the leaderboard still builds and says why the grid is missing
+    shutil.rmtree(clone / "data")
+    with pytest.warns(ReportWarning, match="no qualitative grid"):
+        build_leaderboard([clone / "records"], clone / "again", formats=("json",), samples=2)
+    (g,) = json.loads((clone / "again" / "leaderboard.json").read_text())["groups"]
+    assert "grid" not in g["plots"] and g["notes"][0].startswith("No qualitative grid: ")
 
 
 def test_a_failing_record_write_leaves_no_orphan_counts_file(tmp_path, monkeypatch):

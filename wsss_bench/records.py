@@ -44,12 +44,10 @@ REQUIRED_FIELDS = ("protocol_version", "kind", "dataset", "split", "num_images",
 
 #: Record fields that hold file-system paths (a tuple is a path into nested dicts). Written
 #: relative to the record's folder by :func:`write_record`, made absolute by :func:`read_record`.
+#: A stage that stores another path adds its field here (only strings at these keys are touched).
 PATH_FIELDS: tuple[tuple[str, ...], ...] = (
-    ("checkpoint",), ("data_root",), ("cams_dir",), ("pseudo_dir",), ("pred_dir",), ("source",), ("gt_dir",),
-    ("saliency_dir",), ("init",), ("init_weights",), ("pseudo",),
-    ("refinement", "saliency", "dir"),
-    ("training", "log"), ("training", "loss_plot"), ("training", "checkpoint"), ("training", "init"),
-    ("pipeline", "pseudo_dir"),
+    ("checkpoint",), ("data_root",), ("cams_dir",), ("pseudo_dir",), ("pred_dir",), ("source",),
+    ("refinement", "saliency", "dir"), ("training", "log"), ("training", "loss_plot"),
 )
 
 

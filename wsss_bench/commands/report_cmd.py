@@ -56,8 +56,13 @@ def leaderboard_command(
         warnings.simplefilter("always")
         files = build_leaderboard(records, out, formats=tuple(format.split(",")), sort=sort, ci=ci,
                                   samples=samples, title=title, command=command, ci_samples=ci_samples, seed=seed)
-    for w in caught:  # one line each: a skipped record names its file
-        err_console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+    from wsss_bench.reports.table import ReportWarning
+
+    for w in caught:  # ours: one line each (a skipped record names its file); others as Python shows them
+        if issubclass(w.category, ReportWarning):
+            err_console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     pages = [f for f in files if f.parent == out]
     console.print(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in pages), markup=False)
 

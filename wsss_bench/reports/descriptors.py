@@ -72,7 +72,7 @@ METRICS: dict[str, MetricSpec] = {m.key: m for m in (
     MetricSpec("pixel_accuracy", "pixel acc.", True, description="correct pixels / scored pixels"),
     MetricSpec("fw_iou", "fwIoU", True, description="IoU weighted by ground-truth class frequency"),
     MetricSpec("images_per_second", "images/s", True, percent=False, digits=2,
-               description="throughput of the run (device in the device column)"),
+               description="throughput of the run (its device is named above the table or in the device column)"),
     MetricSpec("seconds", "seconds", False, percent=False, digits=1, description="wall-clock time of the run"),
     MetricSpec("peak_memory_mb", "peak MiB", False, percent=False, digits=0,
                description="peak memory of the run: the accelerator's when it ran on one (device), "

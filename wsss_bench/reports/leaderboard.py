@@ -32,6 +32,7 @@ from wsss_bench.reports.render import (
 )
 from wsss_bench.reports.table import (
     Group,
+    ReportWarning,
     best_per_class,
     collect,
     group_records,
@@ -174,7 +175,7 @@ def _group_report(group: Group, sort_key: str, out_dir: Path, base: Any, ci: boo
         except WsssBenchError as e:  # data or maps moved away since the runs: the rest still renders
             files, ids = [], []
             gr.notes.append(f"No qualitative grid: {e}")
-            warnings.warn(f"leaderboard: no qualitative grid for {group.title}: {e}", stacklevel=2)
+            warnings.warn(f"no qualitative grid for {group.title}: {e}", ReportWarning, stacklevel=2)
         if files:
             gr.plots["grid"] = files[0]
             gr.grid_ids = ids

@@ -28,7 +28,11 @@ from wsss_bench.reports.names import display_name
 GROUP_FIELDS = ("protocol_version", "dataset", "split", "kind", "fingerprint")
 
 
-class SkippedRecordWarning(UserWarning):
+class ReportWarning(UserWarning):
+    """Something a report left out, with the reason (the CLI prints each as one line)."""
+
+
+class SkippedRecordWarning(ReportWarning):
     """A file in a records folder that is not a usable run record; the message names it."""
 
 
