@@ -276,7 +276,10 @@ class _Checker:
 
 
 def _short(v: Any) -> str:
-    s = json.dumps(v, default=str) if not isinstance(v, str) else repr(v)
+    try:
+        s = json.dumps(v, default=str) if not isinstance(v, str) else repr(v)
+    except (RecursionError, ValueError, TypeError):
+        s = "..."
     return s if len(s) <= 40 else s[:37] + "..."
 
 
