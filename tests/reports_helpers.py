@@ -66,14 +66,15 @@ def pseudo_record(root: Path, out: Path, method: str, quality: float, seed: int,
     rec, counts = eval_cams(cams, gt, native_threshold=0.15)
     rec.update({"method": method, "variant": None, "backbone": "resnet50", "name": f"{method}-{seed}",
                 "settings": {"name": "standard", "scales": [1.0], "flip": False},
-                "timings": {"images_per_second": 10.0 + seed, "seconds": 1.0, "peak_memory_mb": 0.0},
+                "timings": {"images_per_second": 10.0 + seed, "seconds": 1.0, "peak_rss_mb": 500.0 + seed,
+                            "peak_device_memory_mb": None},
                 "data_root": str(root), "cams_dir": str(cams)})
     rec["dataset"] = "voc"
     rec.update(extra)
     return write_record(out, rec, counts, stem=f"{method}-{seed}")
 
 
-def segmentation_record(root: Path, out: Path, name: str, seed: int) -> Path:
+def segmentation_record(root: Path, out: Path, name: str, seed: int, **extra: Any) -> Path:
     rng = np.random.default_rng(seed)
     pred = out / f"pred-{name}"
     pred.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,7 @@ def segmentation_record(root: Path, out: Path, name: str, seed: int) -> Path:
     gt = GroundTruth.from_folder(root / "SegmentationClass", VOC, "val")
     rec, counts = eval_predictions(pred, gt)
     rec.update({"segmenter": name, "dataset": "voc"})
+    rec.update(extra)
     return write_record(out, rec, counts, stem=name)
 
 
@@ -99,7 +101,8 @@ def hand_record(path: Path, name: str, miou: float, iou: list[float | None], **f
                "num_pixels": 1000}
     classes = fields.pop("classes", ["background"] + [f"c{i}" for i in range(1, n)])
     rec = new_record(fields.pop("kind", "pseudo_label"), fields.pop("dataset", "synthetic"),
-                     fields.pop("split", "train"), classes, 10, fields.pop("fingerprint", "f" * 64),
+                     fields.pop("split", "train"), classes, fields.pop("num_images", 10),
+                     fields.pop("fingerprint", "f" * 64),
                      name=name, metrics=metrics, **fields)
     rec.setdefault("protocol_version", PROTOCOL_VERSION)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,3 +68,10 @@ def test_malformed_baselines_are_errors_naming_the_file(tmp_path):
     p.write_text("\n".join([rows[0], rows[1].replace("48.3", "forty")]) + "\n")
     with pytest.raises(WsssBenchError, match="must be a number"):
         load_baselines(p)
+
+
+def test_verified_in_points_at_the_projects_own_documents():
+    df = load_baselines()
+    assert set(df["verified_in"]) == {"abstract", "repository README", "docs/methods.md notes"}
+    readme = (CSV.parent / "README.md").read_text()
+    assert "docs/methods.md" in readme and "METHODS.md" not in readme.replace("docs/methods.md", "")

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from reports_helpers import hand_record, make_voc, pseudo_record, segmentation_record
 
+from wsss_bench import PROTOCOL_VERSION
 from wsss_bench.cli import main
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.reports import METRICS, build_leaderboard
@@ -19,6 +20,12 @@ from wsss_bench.reports.grid import choose_ids, pseudo_label
 from wsss_bench.reports.table import collect_records, group_records, ranked_frame
 
 EVIL = "<script>alert(1)</script>"
+
+
+def plot_stem(lb: Path, what: str, name: str) -> str:
+    """The stem of a group's plot: ``v<protocol>-voc-<split>-<kind>-<fingerprint[:8]>-<name>``."""
+    (p,) = (lb / "plots").glob(f"v{PROTOCOL_VERSION}-voc-{what}-*-{name}.png")
+    return p.stem
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +49,28 @@ def board(real):
     return lb, files
 
 
-def test_groups_never_mix_dataset_split_kind_or_protocol(tmp_path):
+def test_groups_never_mix_dataset_split_kind_protocol_or_image_set(tmp_path):
     iou = [0.9, 0.5, None]
-    a = hand_record(tmp_path / "a.json", "a", 0.7, iou)
-    b = hand_record(tmp_path / "b.json", "b", 0.6, iou, split="val")
-    c = hand_record(tmp_path / "c.json", "c", 0.5, iou, kind="segmentation")
+    f = "f" * 64
+    a = hand_record(tmp_path / "a.json", "a", 0.7, iou, protocol_version=1)
+    b = hand_record(tmp_path / "b.json", "b", 0.6, iou, split="val", protocol_version=1)
+    c = hand_record(tmp_path / "c.json", "c", 0.5, iou, kind="segmentation", protocol_version=1)
     d = hand_record(tmp_path / "d.json", "d", 0.4, iou, protocol_version=2)
-    e = hand_record(tmp_path / "e.json", "e", 0.8, iou)
-    groups = group_records(collect_records([a, b, c, d, e]))
+    e = hand_record(tmp_path / "e.json", "e", 0.8, iou, protocol_version=1)
+    g3 = hand_record(tmp_path / "g.json", "g", 0.9, iou, protocol_version=1, fingerprint="3" * 64, limit=3,
+                      num_images=3)
+    groups = group_records(collect_records([a, b, c, d, e, g3]))
     keys = [(g.key, sorted(r["name"] for r in g.records)) for g in groups]
-    assert keys == [(("1", "synthetic", "train", "pseudo_label"), ["a", "e"]),
-                    (("1", "synthetic", "train", "segmentation"), ["c"]),
-                    (("1", "synthetic", "val", "pseudo_label"), ["b"]),
-                    (("2", "synthetic", "train", "pseudo_label"), ["d"])]
+    assert keys == [(("1", "synthetic", "train", "pseudo_label", f), ["a", "e"]),
+                    (("1", "synthetic", "train", "pseudo_label", "3" * 64), ["g"]),
+                    (("1", "synthetic", "train", "segmentation", f), ["c"]),
+                    (("1", "synthetic", "val", "pseudo_label", f), ["b"]),
+                    (("2", "synthetic", "train", "pseudo_label", f), ["d"])]
     files = build_leaderboard([tmp_path], tmp_path / "lb", formats=("json", "md"))
     doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
-    assert [[r["rank"] for r in g["rows"]] for g in doc["groups"]] == [[1, 2], [1], [1], [1]]
+    assert [[r["rank"] for r in g["rows"]] for g in doc["groups"]] == [[1, 2], [1], [1], [1], [1]]
     md = (tmp_path / "lb" / "README.md").read_text()
-    assert "ranked only against records of the same protocol version, dataset, split and kind" in md
+    assert "ranked only against records of the same protocol version, dataset, split, kind and image set" in md
     assert all(f.is_file() for f in files)
 
 
@@ -70,7 +81,7 @@ def test_sort_direction_follows_each_metric(tmp_path, key):
     for i in range(5):
         v = float(rng.random())
         extra = {"best_threshold": v, "timings": {"images_per_second": v, "seconds": v, "peak_memory_mb": v},
-                 "calibrated": {"miou": v}, "native": {"miou": v}}
+                 "calibrated": {"miou": v}, "native": {"miou": v}, "pipeline": {"pseudo_miou": v}}
         p = hand_record(tmp_path / f"r{i}.json", f"r{i}", v, [v, v, None], **extra)
         rec = json.loads(p.read_text())
         for k in ("precision", "recall", "fp_ratio", "fn_ratio"):
@@ -126,9 +137,9 @@ def test_hostile_strings_in_attributes_and_latex(tmp_path):
     build_leaderboard([p], tmp_path / "lb", formats=("html", "tex"), title='"><img src=x onerror=alert(1)>')
     page = (tmp_path / "lb" / "index.html").read_text()
     assert 'onmouseover="alert(1)' not in page and "<img src=x" not in page
-    assert "x&quot; onmouseover=&quot;alert(1)" in page
+    assert "x&#34; onmouseover=&#34;alert(1)" in page or "x&quot; onmouseover=&quot;alert(1)" in page
     tex = (tmp_path / "lb" / "leaderboard.tex").read_text()
-    assert r"50\%\_\{a\}\&b" in tex
+    assert r"50\%\_\allowbreak{}\{a\}\&b" in tex
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
 
 
@@ -143,16 +154,17 @@ def test_per_class_table_equals_the_records(board, real):
         for row in g["rows"]:
             rec = recs[row["record"]]
             ref = rec["metrics"]["iou"]
-            got = g["per_class_iou"][row["label"]]
-            assert got == ref
+            got = g["per_class_iou_pct"][row["label"]]
+            assert got == [None if v is None else pytest.approx(100 * v, abs=1e-9) for v in ref]
             csv_row = pc_csv[(pc_csv["run"] == row["label"]) & (pc_csv["split"] == g["split"])].iloc[0]
             for c, v in zip(g["classes"], ref, strict=True):
-                assert (math.isnan(csv_row[c]) if v is None else csv_row[c] == pytest.approx(v, abs=1e-12))
-            assert row["miou_best"] == pytest.approx(rec["metrics"]["miou"])
+                got_csv = csv_row[f"iou_pct_{c}"]
+                assert (math.isnan(got_csv) if v is None else got_csv == pytest.approx(100 * v, abs=1e-9))
+            assert row["miou_best_pct"] == pytest.approx(100 * rec["metrics"]["miou"])
             checked += 1
         # best per class: a naive column scan
         for j in range(len(g["classes"])):
-            col = [g["per_class_iou"][r["label"]][j] for r in g["rows"]]
+            col = [g["per_class_iou_pct"][r["label"]][j] for r in g["rows"]]
             vals = [v for v in col if v is not None]
             flags = [g["best_per_class"][r["label"]][j] for r in g["rows"]]
             assert flags == [v is not None and vals and v == max(vals) for v in col]
@@ -164,8 +176,9 @@ def test_published_numbers_are_shown_but_not_ranked(board, real):
     doc = json.loads((lb / "leaderboard.json").read_text())
     (pseudo,) = [g for g in doc["groups"] if g["kind"] == "pseudo_label"]
     assert len(pseudo["rows"]) == 4  # measured rows only
-    cam = next(r for r in pseudo["rows"] if r["method"] == "cam")
-    assert cam["published"] == "48.3; 66.5 (irn)"
+    cam = next(r for r in pseudo["rows"] if r["method_id"] == "cam")
+    assert cam["method"] == "CAM"
+    assert cam["published_miou_pct"] == "48.3; 66.5 (irn)"
     assert any(p["method"] == "toco" for p in doc["published"])
     md = (lb / "README.md").read_text()
     assert "## Published numbers (not measured here; not ranked)" in md
@@ -175,13 +188,13 @@ def test_published_numbers_are_shown_but_not_ranked(board, real):
 def test_plots_written_and_non_empty(board):
     lb, files = board
     plots = sorted(p.name for p in (lb / "plots").iterdir())
-    for stem in ("v1-voc-train-pseudo_label-curves", "v1-voc-train-pseudo_label-errors",
-                 "v1-voc-train-pseudo_label-heatmap", "v1-voc-val-segmentation-heatmap"):
+    for stem in (plot_stem(lb, "train-pseudo_label", "curves"), plot_stem(lb, "train-pseudo_label", "errors"),
+                 plot_stem(lb, "train-pseudo_label", "heatmap"), plot_stem(lb, "val-segmentation", "heatmap")):
         assert f"{stem}.png" in plots and f"{stem}.svg" in plots
         with Image.open(lb / "plots" / f"{stem}.png") as im:
             assert im.size[0] > 200 and im.size[1] > 100
         assert (lb / "plots" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
-    assert "v1-voc-train-pseudo_label-samples.png" in plots
+    assert f"{plot_stem(lb, 'train-pseudo_label', 'samples')}.png" in plots
     assert all(f.stat().st_size > 0 for f in files)
 
 
@@ -192,8 +205,8 @@ def test_ci_column_against_top_row(board):
     assert pseudo["rows"][0]["vs_top"] == "top"
     for r in pseudo["rows"][1:]:
         c = r["vs_top"]
-        assert c["difference"] == pytest.approx(r["miou_best"] - pseudo["rows"][0]["miou_best"], abs=1e-12)
-        assert c["ci_low"] <= c["ci_high"] and c["samples"] == 200
+        assert c["difference_pct"] == pytest.approx(r["miou_best_pct"] - pseudo["rows"][0]["miou_best_pct"], abs=1e-9)
+        assert c["ci_low_pct"] <= c["ci_high_pct"] and c["samples"] == 200
 
 
 def test_regeneration_is_deterministic_and_skips_its_own_output(real, tmp_path):
@@ -204,9 +217,9 @@ def test_regeneration_is_deterministic_and_skips_its_own_output(real, tmp_path):
     # the generated leaderboard.json in the records folder is not taken for a record
     assert sorted(r["_path"] for r in collect_records([out])) == sorted(str(p) for p in [*paths, seg])
     build_leaderboard([out], tmp_path / "b", samples=1, command=cmd)
+    curves, samples = plot_stem(out, "train-pseudo_label", "curves"), plot_stem(out, "train-pseudo_label", "samples")
     for name in ("README.md", "index.html", "leaderboard.json", "leaderboard.csv", "leaderboard.tex",
-                 "plots/v1-voc-train-pseudo_label-curves.svg", "plots/v1-voc-train-pseudo_label-curves.png",
-                 "plots/v1-voc-train-pseudo_label-samples.png"):
+                 f"plots/{curves}.svg", f"plots/{curves}.png", f"plots/{samples}.png"):
         assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
@@ -238,7 +251,7 @@ def test_cli_leaderboard_writes_pages_and_states_the_command(real, tmp_path, cap
     assert rc == 0
     md = (tmp_path / "lb" / "README.md").read_text()
     assert f"wsss-bench leaderboard {out} --out {tmp_path / 'lb'} --format md,html --sort fn_ratio" in md
-    assert "Protocol version 1" in md
+    assert f"Protocol version {PROTOCOL_VERSION} (`docs/protocol.md`; methods: `docs/methods.md`)" in md
     assert not (tmp_path / "lb" / "leaderboard.csv").exists()
 
 
@@ -251,4 +264,5 @@ def test_runs_with_the_same_label_stay_distinct(tmp_path):
     (g,) = doc["groups"]
     labels = [r["label"] for r in g["rows"]]
     assert len(set(labels)) == 3
-    assert [g["per_class_iou"][lab] for lab in labels] == [[0.7, 0.7], [0.6, 0.7], [0.5, 0.4]]
+    expected = ([70, 70], [60, 70], [50, 40])
+    assert [g["per_class_iou_pct"][lab] for lab in labels] == [pytest.approx(v) for v in expected]

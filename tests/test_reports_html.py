@@ -1,5 +1,6 @@
 """The HTML leaderboard in headless Chromium: loads without console errors, shows every method,
-and its sorting script orders a column in the metric's better direction."""
+its sorting script orders a column in the metric's better direction, and the main table is fully
+visible (no horizontal scrolling, nothing clipped) at 1280, 1400 and 1920 px."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_page_loads_without_console_errors_and_shows_every_method(page):
     p = _Rows()
     p.feed(res.stdout)
     methods = {r[p.headers.index("method")] for r in p.rows if r}
-    assert methods == {"cam", "edam", EVIL, "more"}  # the hostile name is shown as text, not run
+    assert methods == {"CAM", "EDAM", EVIL, "MoRe"}  # paper names; the hostile name is shown as text, not run
     assert res.stdout.count("<script") == 1  # only the page's own sorting script exists in the DOM
 
 
@@ -91,7 +92,7 @@ def test_sorting_script_orders_by_the_clicked_metric(page):
     text = html_path.read_text()
     click = "<script>document.querySelector('th[data-key=\"fn_ratio\"]').click();</script>"
     clicked = tmp / "clicked.html"
-    clicked.write_text(text.replace("</body></html>", click + "</body></html>"))
+    clicked.write_text(text.replace("</body>", click + "</body>"))
     res = run_chromium(clicked, tmp, "--dump-dom")
     assert [ln for ln in res.stderr.splitlines() if ":CONSOLE" in ln] == []
     p = _Rows()
@@ -99,7 +100,33 @@ def test_sorting_script_orders_by_the_clicked_metric(page):
     col = p.headers.index("fn_ratio")
     values = [float(r[col]) for r in p.rows if r]
     assert values == sorted(values)  # FN ratio: lower is better, so the first click sorts ascending
-    assert re.search(r'class="sorted-asc"', res.stdout)
+    assert re.search(r'<th[^>]*class="[^"]*sorted-asc[^"]*"[^>]*data-key="fn_ratio"', res.stdout)
+
+
+MEASURE = """<script>
+window.addEventListener('load', function(){
+  var out = [];
+  document.querySelectorAll('table.leaderboard').forEach(function(t){
+    var wrap = t.parentElement, r = t.getBoundingClientRect();
+    out.push([Math.round(r.left), Math.round(r.right), wrap.scrollWidth, wrap.clientWidth,
+              document.documentElement.clientWidth].join(','));
+  });
+  document.body.setAttribute('data-fit', out.join(';'));
+});
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1280, 1400, 1920])
+def test_main_table_is_fully_visible(page, width):
+    tmp, html_path = page
+    measured = tmp / f"measure-{width}.html"
+    measured.write_text(html_path.read_text().replace("</body>", MEASURE + "</body>"))
+    res = run_chromium(measured, tmp, f"--window-size={width},1600", "--dump-dom")
+    fit = re.search(r'data-fit="([^"]*)"', res.stdout).group(1)
+    for table in fit.split(";"):
+        left, right, scroll_w, client_w, page_w = map(int, table.split(","))
+        assert left >= 0 and right <= page_w, (width, table)  # inside the window
+        assert scroll_w <= client_w, (width, table)  # the wrapper does not scroll: no column is hidden
 
 
 def test_screenshot_renders(page):

@@ -84,3 +84,43 @@ def test_cli_export(tmp_path, capsys):
     assert (tmp_path / "o.tar.gz").is_file()
     assert main(["export-voc-test", str(d), "--out", str(tmp_path / "o.zip")]) == 2
     assert "tar.gz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["../../outside", "/etc/passwd", "sub/2008_000001", ".."])
+def test_test_list_ids_must_stay_inside_the_root(tmp_path, bad):
+    ids = ["2008_000001"]
+    d, _ = _preds(tmp_path, ids)
+    root = _voc_root(tmp_path, ids)
+    outside = tmp_path / "outside.jpg"  # what '../../outside' would read from JPEGImages/
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(outside)
+    (root / "ImageSets" / "Segmentation" / "test.txt").write_text(f"2008_000001\n{bad}\n")
+    out = tmp_path / "r.tar.gz"
+    with pytest.raises(WsssBenchError, match="line 2: image id") as e:
+        export_voc_test(d, out, data_root=root)
+    assert "test.txt" in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists()
+
+
+def test_a_corrupt_test_jpeg_is_one_line_naming_the_file(tmp_path, capsys):
+    ids = ["2008_000001", "2008_000002"]
+    d, _ = _preds(tmp_path, ids)
+    root = _voc_root(tmp_path, ids)
+    jpg = root / "JPEGImages" / "2008_000002.jpg"
+    jpg.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "r.tar.gz"
+    with pytest.raises(WsssBenchError, match="cannot read test image") as e:
+        export_voc_test(d, out, data_root=root)
+    assert e.value.path == str(jpg)
+    assert main(["export-voc-test", str(d), "--data-root", str(root), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {jpg}: cannot read test image") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_an_unwritable_archive_path_is_one_line(tmp_path, capsys):
+    d, _ = _preds(tmp_path, ["x1"])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["export-voc-test", str(d), "--out", str(blocker / "r.tar.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot write the archive" in err and err.count("\n") == 1

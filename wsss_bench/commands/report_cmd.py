@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shlex
+import warnings
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from wsss_bench.commands._ui import console
+from wsss_bench.commands._ui import console, err_console
 from wsss_bench.errors import WsssBenchError
 
 
@@ -30,8 +31,9 @@ def leaderboard_command(
 ) -> None:
     """Build a leaderboard from run records: Markdown, HTML, CSV, LaTeX, JSON and plots.
 
-    Records are grouped by protocol version, dataset, split and kind, and ranked within a group only.
-    Published numbers from baselines/ are shown beside them, never ranked.
+    Records are grouped by protocol version, dataset, split, kind and image set (fingerprint), and
+    ranked within a group only (docs/protocol.md). Malformed records in a folder are skipped with a
+    warning naming the file. Published numbers from baselines/ are shown beside them, never ranked.
 
     Example: [bold]wsss-bench leaderboard leaderboards/demo/records --out leaderboards/demo --ci --samples 4[/bold]
     """
@@ -50,10 +52,19 @@ def leaderboard_command(
     if title:
         parts += ["--title", title]
     command = " ".join(shlex.quote(p) for p in parts)
-    files = build_leaderboard(records, out, formats=tuple(format.split(",")), sort=sort, ci=ci, samples=samples,
-                              title=title, command=command, ci_samples=ci_samples, seed=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files = build_leaderboard(records, out, formats=tuple(format.split(",")), sort=sort, ci=ci,
+                                  samples=samples, title=title, command=command, ci_samples=ci_samples, seed=seed)
+    from wsss_bench.reports.table import ReportWarning
+
+    for w in caught:  # ours: one line each (a skipped record names its file); others as Python shows them
+        if issubclass(w.category, ReportWarning):
+            err_console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     pages = [f for f in files if f.parent == out]
-    console.print(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in pages))
+    console.print(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in pages), markup=False)
 
 
 def compare_command(

@@ -5,7 +5,7 @@ beside measured rows on a leaderboard and never ranked with them. Columns: ``met
 ``backbone``, ``dataset``, ``split``, ``stage`` (``pseudo_label`` | ``segmentation``), ``miou``
 (percent, empty where the source states none), ``includes`` (CRF, saliency, refinement...),
 ``source``, ``source_url``, ``verified_in`` (where this project read the number: abstract,
-repository README, or the METHODS.md notes taken from the paper).
+repository README, or the docs/methods.md notes taken from the paper).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Paired bootstrap over images between two runs (PROTOCOL.md, "Comparisons").
+"""Paired bootstrap over images between two runs (docs/protocol.md, "Comparisons").
 
 Both runs scored the same images. A resample draws N image ids with replacement (the same draw for
 both runs: that is the pairing), sums each run's per-image TP/FP/FN over the draw and recomputes

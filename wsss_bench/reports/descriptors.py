@@ -1,8 +1,9 @@
 """Metrics that describe themselves (Quantus ``metrics/base.py`` style): key, display name, whether
 higher is better, and how to format a value, so a leaderboard can sort by any of them.
 
-Values in the leaderboard frame are fractions in [0, 1] for the IoU-type metrics (shown as
-percentages) and plain numbers for timings and thresholds.
+Values in the leaderboard frame are fractions in [0, 1] for the IoU-type metrics, shown as
+percentages in every view (tables, plots, and CSV/JSON, where such columns end in ``_pct``), and
+plain numbers for timings, memory and thresholds.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ class MetricSpec:
     def header(self) -> str:
         return f"{self.display} {self.arrow}".strip()
 
+    @property
+    def column(self) -> str:
+        """Column name in CSV and JSON: ``<key>_pct`` for values shown in percent."""
+        return f"{self.key}_pct" if self.percent else self.key
+
+    def export(self, value: float | None) -> float | None:
+        """The value as CSV and JSON give it: percent where the tables show percent."""
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return None
+        return 100.0 * float(value) if self.percent else float(value)
+
 
 METRICS: dict[str, MetricSpec] = {m.key: m for m in (
     MetricSpec("miou_best", "mIoU (best thr.)", True,
@@ -60,10 +72,13 @@ METRICS: dict[str, MetricSpec] = {m.key: m for m in (
     MetricSpec("pixel_accuracy", "pixel acc.", True, description="correct pixels / scored pixels"),
     MetricSpec("fw_iou", "fwIoU", True, description="IoU weighted by ground-truth class frequency"),
     MetricSpec("images_per_second", "images/s", True, percent=False, digits=2,
-               description="throughput of the run (device in the device column)"),
+               description="throughput of the run (its device is named above the table or in the device column)"),
     MetricSpec("seconds", "seconds", False, percent=False, digits=1, description="wall-clock time of the run"),
     MetricSpec("peak_memory_mb", "peak MiB", False, percent=False, digits=0,
-               description="peak accelerator memory of the run"),
+               description="peak memory of the run: the accelerator's when it ran on one (device), "
+                           "else the process's resident memory (RSS)"),
+    MetricSpec("pseudo_miou", "pseudo-label mIoU", True,
+               description="mIoU of the pseudo labels the segmenter was trained on (from its pseudo-label record)"),
 )}
 
 

@@ -6,7 +6,8 @@ VOC palette), where ``comp5`` is "trained on VOC data only" and ``comp6`` "train
 (ImageNet pre-training, as every WSSS method uses, counts as outside data, so ``comp6`` is the default).
 Every mask is validated before anything is packed: readable, single channel, values in 0..20, and,
 when the dataset root is given, one mask per id of ``ImageSets/Segmentation/test.txt`` with the
-size of its image. The archive is deterministic (sorted members, fixed mtime, owner 0).
+size of its image (ids are checked to stay inside the root; an unreadable test image is an error
+naming it). The archive is deterministic (sorted members, fixed mtime, owner 0).
 """
 
 from __future__ import annotations
@@ -36,21 +37,37 @@ def _palette_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a test image from its header; unreadable -> one-line error naming it."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Image.DecompressionBombError as e:
+        raise WsssBenchError(f"test image too large ({e})", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise WsssBenchError(f"cannot read test image ({type(e).__name__}: {e})", path) from None
+
+
 def _test_ids_and_sizes(data_root: Path) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """Ids of ``ImageSets/Segmentation/test.txt`` (each checked to stay inside the root, as every
+    split list is) and the size of each test image."""
+    from wsss_bench.data.base import safe_join
+    from wsss_bench.data.layout import read_id_list
     from wsss_bench.data.voc import resolve_voc_root
 
     root = resolve_voc_root(data_root)
     lst = root / "ImageSets" / "Segmentation" / "test.txt"
     if not lst.is_file():
         raise WsssBenchError("VOC test list not found (expected ImageSets/Segmentation/test.txt)", lst)
-    ids = [ln.split()[0] for ln in lst.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    ids = read_id_list(lst)  # rejects empty, absolute, '..' and path-separator ids, naming the line
     sizes = {}
     for i in ids:
-        p = root / "JPEGImages" / f"{i}.jpg"
+        p = safe_join(root, f"JPEGImages/{i}.jpg")
         if not p.is_file():
             raise WsssBenchError(f"test image {i!r} not found", p)
-        with Image.open(p) as im:
-            sizes[i] = (im.height, im.width)
+        sizes[i] = _image_size(p)
     return ids, sizes
 
 
@@ -79,7 +96,7 @@ def export_voc_test(pred_dir: str | os.PathLike, out_path: str | os.PathLike, id
         raise WsssBenchError("an image id is listed twice", pred)
     members: list[tuple[str, bytes]] = []
     for i in sorted(ids):
-        if "/" in i or "\\" in i or i.startswith(".") or not i:
+        if not isinstance(i, str) or not i or "/" in i or "\\" in i or i.startswith(".") or "\x00" in i:
             raise WsssBenchError(f"image id {i!r} is not a plain file stem", pred)
         p = pred / f"{i}.png"
         if not p.is_file():
@@ -95,6 +112,14 @@ def export_voc_test(pred_dir: str | os.PathLike, out_path: str | os.PathLike, id
                                  f"size {w}x{h}", p)
         members.append((f"results/VOC2012/Segmentation/{comp}_test_cls/{i}.png", _palette_png(mask)))
     out = Path(out_path)
+    try:
+        _write_archive(out, comp, members)
+    except OSError as e:
+        raise WsssBenchError(f"cannot write the archive ({e.strerror or e})", out) from None
+    return out
+
+
+def _write_archive(out: Path, comp: str, members: list[tuple[str, bytes]]) -> None:
     with atomic_path(out, suffix=".tar.gz") as tmp:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -108,4 +133,3 @@ def export_voc_test(pred_dir: str | os.PathLike, out_path: str | os.PathLike, id
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
-    return out
