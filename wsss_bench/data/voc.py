@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss_bench.data.base import SegDataset, safe_join
+from wsss_bench.data.base import SegDataset, read_image_size, safe_join
 from wsss_bench.data.classes import VOC, ClassSet
 from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, OnBadEntry, read_id_list, require_dir
 from wsss_bench.errors import WsssBenchError
@@ -88,7 +88,7 @@ class VOCSegmentation(SegDataset):
         self.label_source = labels
         self.warnings: list[str] = []
         self.list_source = ""
-        ids = self._split_ids(vroot, split, _on_bad)
+        ids = self._split_ids(vroot, split, _on_bad or self._fail_or_warn)
         if not ids:  # name the list the ids came from (the base class can only name the root)
             raise WsssBenchError(f"split {split!r} is empty: no image ids", self.list_source or vroot)
         super().__init__(vroot, split, classes, ids)
@@ -106,6 +106,12 @@ class VOCSegmentation(SegDataset):
                 f"{expected} (fine for a subset, not comparable with published numbers)")
 
     # -- layout ----------------------------------------------------------------------------------
+
+    def _fail_or_warn(self, path: Path, message: str, severity: str) -> None:
+        """Default handling of a list problem: an error raises, a warning (duplicates) is recorded."""
+        if severity == "error":
+            raise WsssBenchError(message, path)
+        self.warnings.append(f"{path}: {message}")
 
     def _resolve_root(self, root: str | os.PathLike) -> Path:
         return resolve_voc_root(root)
@@ -161,3 +167,18 @@ class VOCSegmentation(SegDataset):
         d = super().describe()
         d.update({"ids_from": self.list_source, "masks": self._mask_dir, "warnings": list(self.warnings)})
         return d
+
+
+def voc_test_image_sizes(data_root: str | os.PathLike, decode: bool = True
+                     ) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """The ids of VOC ``ImageSets/Segmentation/test.txt`` and the (height, width) of each test image.
+
+    For the test-server export (``wsss-bench export-voc-test --data-root``). The ids are read and
+    checked like every other split (:func:`wsss_bench.data.layout.read_id_list`: inside the root,
+    byte-order mark and CRLF accepted, duplicates kept once); a missing test image, or one that
+    cannot be decoded (``decode=True``, the default: a truncated JPEG is caught too; ``False`` reads
+    the header only), is a one-line :class:`WsssBenchError` naming the file.
+    """
+    ds = VOCSegmentation(data_root, "test")
+    return list(ds.ids), {i: read_image_size(ds.image_path(i), decode=decode, what=f"test image {i!r}")
+                          for i in ds.ids}
