@@ -101,6 +101,11 @@ def _short(v: object, n: int = 40) -> str:
     return r if len(r) <= n else r[: n - 3] + "..."
 
 
+def _name(s: str) -> str:
+    """A file name for a one-line message: as is when printable and short, else its repr, shortened."""
+    return s if s.isprintable() and len(s) <= 80 else _short(s, 80)
+
+
 def image_size_problem(h: object, w: object) -> str | None:
     """Why ``(h, w)`` is not an image size masks can be built for, or ``None``."""
     for name, v in (("height", h), ("width", w)):
@@ -287,11 +292,11 @@ def validate_instances(data: object, path: Path | str,
             report(f"{where}: file_name {_short(fname)} is not a string")
             rejected.add(iid)
             continue
-        where = f"image {iid} ({_short(fname, 60)})"
+        where = f"image {iid} ({_name(fname)})"
         stem = Path(fname).stem if fname else ""
         why = id_problem(stem) or image_size_problem(img.get("height"), img.get("width"))
         if why is None and iid in by_id:
-            why = f"id {iid} is also the id of image {by_id[iid]['file_name']!r}"
+            why = f"id {iid} is also the id of image {_name(by_id[iid]['file_name'])}"
         if why is None and stem in by_stem:
             why = f"file name stem {stem!r} is also the stem of image {by_stem[stem]}"
         if why is not None:
@@ -330,7 +335,7 @@ def validate_instances(data: object, path: Path | str,
         if why is None and aid in seen_ann:
             why = f"id {aid} is also the id of annotations[{seen_ann[aid]}]"
         if why is not None:
-            report(f"{where} of image {img_id} ({info['file_name']}): {why}")
+            report(f"{where} of image {img_id} ({_name(info['file_name'])}): {why}")
             continue
         seen_ann[aid] = k
         by_image.setdefault(img_id, []).append(ann)
