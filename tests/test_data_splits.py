@@ -156,3 +156,14 @@ def test_header_only_mode_reads_sizes_without_decoding(voc_tree):
     with pytest.raises(WsssBenchError, match="cannot decode image"):
         voc_test_image_sizes(voc_tree.root)
     assert voc_test_image_sizes(voc_tree.root, decode=False)[1]["2009_000007"] == (17, 19)
+
+
+def test_train_aug_from_the_mask_folder_refuses_a_mask_name_no_list_could_hold(voc_tree):
+    aug = voc_tree.root / "SegmentationClassAug"
+    bad = aug / "2010_000011\x1b[2J.png"
+    bad.write_bytes((aug / "2010_000008.png").read_bytes())
+    with pytest.raises(WsssBenchError, match="non-printable character") as e:
+        build_dataset("voc", voc_tree.root, "train_aug")
+    assert e.value.path == str(bad)
+    r = check_dataset("voc", voc_tree.root, ["train_aug"])
+    assert [x.path for x in r.errors] == [str(bad)] and r.splits == {"train_aug": 6}

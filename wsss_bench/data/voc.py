@@ -24,7 +24,7 @@ import numpy as np
 
 from wsss_bench.data.base import SegDataset, read_image_size, safe_join
 from wsss_bench.data.classes import VOC, ClassSet
-from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, OnBadEntry, read_id_list, require_dir
+from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, OnBadEntry, id_problem, read_id_list, require_dir
 from wsss_bench.errors import WsssBenchError
 
 VOC_SPLITS = ("train", "val", "trainval", "test", "train_aug")
@@ -119,7 +119,7 @@ class VOCSegmentation(SegDataset):
     def _list_path(self, root: Path, split: str) -> Path:
         return root / "ImageSets" / "Segmentation" / f"{split}.txt"
 
-    def _split_ids(self, root: Path, split: str, on_bad: OnBadEntry | None) -> list[str]:
+    def _split_ids(self, root: Path, split: str, on_bad: OnBadEntry) -> list[str]:
         if split == "train_aug":
             return self._train_aug_ids(root, on_bad)
         path = self._list_path(root, split)
@@ -132,7 +132,7 @@ class VOCSegmentation(SegDataset):
         self.list_source = str(path)
         return read_id_list(path, on_bad)
 
-    def _train_aug_ids(self, root: Path, on_bad: OnBadEntry | None) -> list[str]:
+    def _train_aug_ids(self, root: Path, on_bad: OnBadEntry) -> list[str]:
         aug = root / "SegmentationClassAug"
         if not aug.is_dir():
             raise WsssBenchError("split train_aug needs the SBD masks in SegmentationClassAug/ (folder not found)",
@@ -143,7 +143,14 @@ class VOCSegmentation(SegDataset):
                 return read_id_list(cand, on_bad)
         val = set(read_id_list(self._list_path(root, "val"), on_bad))
         self.list_source = "SegmentationClassAug/*.png minus val.txt"
-        return sorted(p.stem for p in aug.glob("*.png") if p.stem not in val)
+        ids = []
+        for p in sorted(aug.glob("*.png")):
+            why = id_problem(p.stem)
+            if why is not None:  # a file name no list could hold (a control character, say)
+                on_bad(p, why, "error")
+            elif p.stem not in val:
+                ids.append(p.stem)
+        return ids
 
     # -- access ----------------------------------------------------------------------------------
 
