@@ -211,7 +211,7 @@ def main(which: str, examples: int) -> None:
     hostile = st.one_of(
         st.none(), st.booleans(), st.integers(-(2 ** 40), 2 ** 40), st.integers(-3, 50),
         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
-        st.sampled_from([0, 1, -1, 2, 4, 6, 7, 12, 83, 90, 91, 42, 9, 7000, 200000, 2 ** 31, 2 ** 32, 10 ** 30,
+        st.sampled_from([0, 1, -1, 2, 4, 6, 7, 12, 83, 90, 91, 42, 9, 7000, 200000, 2 ** 31, 2 ** 32, 10 ** 30, 10 ** 400,
                          1e12, -1e12, 0.5, 1e-300, "42", "0", "", [], {}, [[]], [[1, 2, 3, 4]], [[1, 2]],
                          [1, 2, 3, 4, 5, 6], [[0, 0, 10, 0, 10, 10]], {"size": [30, 40], "counts": [1200]},
                          {"size": [30, 40], "counts": "PY1"}, {"size": [30, 40]}, [{"size": [30, 40], "counts": [1200]}],

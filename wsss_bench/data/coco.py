@@ -112,7 +112,7 @@ def image_size_problem(h: object, w: object) -> str | None:
         if not _is_int(v) or v < 1:  # type: ignore[operator]
             return f"{name} {_short(v)} is not a positive integer"
     if h * w > MAX_IMAGE_PIXELS:  # type: ignore[operator]
-        return (f"image size {w}x{h} is over the cap of {MAX_IMAGE_PIXELS:,} pixels "
+        return (f"image size {_short(w, 20)}x{_short(h, 20)} is over the cap of {MAX_IMAGE_PIXELS:,} pixels "
                 f"(wsss_bench.data.coco.MAX_IMAGE_PIXELS; COCO images are at most 640x640)")
     return None
 
@@ -133,7 +133,7 @@ def _polygon_problem(poly: object, h: int, w: int) -> str | None:
                     return f"coordinate {_short(v)} is not a number"
                 if v != v or v in (float("inf"), float("-inf")):
                     return f"coordinate {v} is not finite"
-                return (f"{axis} coordinate {v} is more than one image side outside the image "
+                return (f"{axis} coordinate {_short(v)} is more than one image side outside the image "
                         f"({w}x{h}; allowed {lo}..{hi})")
     # the outline is at most (vertices x widest allowed step); measure it only when that may exceed the cap
     if (n // 2) * 3 * max(h, w) > MAX_OUTLINE_PIXELS:
@@ -195,10 +195,10 @@ def _rle_problem(segm: dict, h: int, w: int) -> str | None:
     else:
         return f"RLE counts {_short(counts)} are neither a list of integers nor a compressed string"
     if runs and min(runs) < 0:
-        return f"RLE count {min(runs)} is negative"
+        return f"RLE count {_short(min(runs))} is negative"
     total = sum(runs)
     if total != h * w:
-        return f"RLE counts sum to {total}, not height x width = {h * w}"
+        return f"RLE counts sum to {_short(total)}, not height x width = {h * w}"
     return None
 
 
@@ -233,7 +233,7 @@ def annotation_problem(ann: dict, h: int, w: int, cat_to_index: dict[int, int] |
     if crowd not in (0, 1) or not (_is_int(crowd) or type(crowd) is bool):
         return f"iscrowd {_short(crowd)} is not 0 or 1"
     area = ann.get("area")
-    if area is not None and (not _is_num(area) or not 0 <= area < float("inf")):
+    if area is not None and (not _is_num(area) or not 0 <= area <= 1e300):  # NaN fails too; 1e300: a float
         return f"area {_short(area)} is not a finite number >= 0"
     return segmentation_problem(ann.get("segmentation"), h, w)
 
