@@ -44,6 +44,47 @@ def safe_join(root: Path, rel: str, what: str = "id") -> Path:
     return root / rel
 
 
+def decode_failure(e: Exception) -> str:
+    from PIL import Image
+
+    if isinstance(e, Image.DecompressionBombError):
+        return f"image too large ({e})"
+    if isinstance(e, MemoryError):
+        return "image too large to decode (out of memory)"
+    return f"cannot decode image ({e or type(e).__name__})"
+
+
+def read_image_size(path: Path, decode: bool = True, what: str = "image") -> tuple[int, int]:
+    """(height, width) of an image file; ``decode`` also decodes the pixels (a truncated file fails).
+
+    Anything that is not a readable image (missing, a folder, corrupt, truncated, a decompression
+    bomb) is a one-line :class:`WsssBenchError` naming the file.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise WsssBenchError(f"{what} not found" if not path.is_dir() else f"{what} is a folder, not a file", path)
+    try:
+        with Image.open(path) as im:
+            if decode:
+                im.load()
+            return im.height, im.width
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for a malformed file
+        raise WsssBenchError(decode_failure(e), path) from None
+
+
+def read_checked(reader, path: Path):
+    """``reader(path)`` with any exception other than :class:`WsssBenchError` (Pillow raises struct,
+    index, EOF and memory errors for some malformed files) turned into one naming the file."""
+    try:
+        return reader(path)
+    except WsssBenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the file is at fault, whatever the decoder raised
+        raise WsssBenchError(decode_failure(e), path) from None
+
+
 def labels_from_mask(mask: np.ndarray, num_classes: int, path: Path | str | None = None) -> np.ndarray:
     """Multi-hot foreground labels of the classes present in ``mask`` (background, ignore excluded)."""
     present = np.bincount(mask.reshape(-1), minlength=256)
@@ -82,7 +123,7 @@ class SegDataset(Dataset):
 
     def load_mask(self, image_id: str) -> np.ndarray | None:
         p = self.mask_path(image_id)
-        return None if p is None else read_index_png(p)
+        return None if p is None else read_checked(read_index_png, p)
 
     def load_labels(self, image_id: str, mask: np.ndarray | None) -> np.ndarray:
         if mask is None:
@@ -91,7 +132,7 @@ class SegDataset(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         image_id = self.ids[i]
-        image = read_rgb_image(self.image_path(image_id))
+        image = read_checked(read_rgb_image, self.image_path(image_id))
         mask = self.load_mask(image_id)
         if mask is not None and mask.shape != image.shape[:2]:
             raise WsssBenchError(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss_bench.data import DATASET_OPTIONS, DATASETS
-from wsss_bench.data.base import SegDataset
+from wsss_bench.data.base import SegDataset, decode_failure, read_image_size
 from wsss_bench.data.layout import check_options
 from wsss_bench.data.parallel import run_in_processes
 from wsss_bench.errors import WsssBenchError
@@ -63,8 +63,6 @@ def _err(e: WsssBenchError, fallback: Path | str | None = None) -> Problem:
 
 def check_image_pair(ds: SegDataset, image_id: str, decode_images: bool = True) -> list[Problem]:
     """Problems of one id of ``ds``: image, mask, sizes, mask values, XML labels."""
-    from PIL import Image, UnidentifiedImageError
-
     out: list[Problem] = []
     try:
         ipath = ds.image_path(image_id)
@@ -72,23 +70,22 @@ def check_image_pair(ds: SegDataset, image_id: str, decode_images: bool = True) 
         return [_err(e)]
     isize = None
     if not ipath.is_file():
-        out.append(Problem("error", str(ipath), f"image of id {image_id!r} not found"))
+        what = "is a folder, not an image" if ipath.is_dir() else "not found"
+        out.append(Problem("error", str(ipath), f"image of id {image_id!r} {what}"))
     else:
         try:
-            with Image.open(ipath) as im:
-                isize = im.size
-                if decode_images:
-                    im.load()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            out.append(Problem("error", str(ipath), f"cannot decode image ({e})"))
-            isize = None
+            h, w = read_image_size(ipath, decode=decode_images)
+            isize = (w, h)
+        except WsssBenchError as e:
+            out.append(_err(e, ipath))
     try:
         mpath = ds.mask_path(image_id)
     except WsssBenchError as e:
         return out + [_err(e)]
     if mpath is not None:
         if not mpath.is_file():
-            out.append(Problem("error", str(mpath), f"mask of id {image_id!r} not found"))
+            what = "is a folder, not a mask" if mpath.is_dir() else "not found"
+            out.append(Problem("error", str(mpath), f"mask of id {image_id!r} {what}"))
         else:
             out += _check_mask(ds, image_id, mpath, isize)
     if getattr(ds, "label_source", "mask") == "xml":
@@ -102,7 +99,7 @@ def check_image_pair(ds: SegDataset, image_id: str, decode_images: bool = True) 
 
 
 def _check_mask(ds: SegDataset, image_id: str, mpath: Path, isize: tuple[int, int] | None) -> list[Problem]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(mpath) as im:
@@ -111,8 +108,8 @@ def _check_mask(ds: SegDataset, image_id: str, mpath: Path, isize: tuple[int, in
                 return [Problem("error", str(mpath),
                                 f"mask must be single-channel palette or greyscale, got mode {mode}")]
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        return [Problem("error", str(mpath), f"cannot decode mask ({e})")]
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types (and a bomb error) for a bad file
+        return [Problem("error", str(mpath), decode_failure(e).replace("cannot decode image", "cannot decode mask"))]
     out: list[Problem] = []
     if isize is not None and msize != isize:
         out.append(Problem("error", str(mpath), f"mask size {msize[0]}x{msize[1]} differs from image size "
@@ -191,6 +188,28 @@ def _open(name: str, root: Path, split: str, options: dict, problems: list[Probl
     return COCOSegmentation(root, split, **options)
 
 
+def check_coco_annotations(root: Path, split: str) -> list[Problem]:
+    """Every structural problem of ``annotations/instances_<split>2014.json`` (when the file exists;
+    a missing one is reported by the dataset itself), each naming the image and the annotation."""
+    from wsss_bench.data.coco import COCO_SPLITS, annotation_path, read_instances_json, validate_instances
+
+    if split not in COCO_SPLITS:
+        return []
+    path = annotation_path(root, split)
+    if not path.is_file():
+        return []
+    found: list[Problem] = []
+
+    def note(message: str) -> None:
+        found.append(Problem("error", str(path), message))
+
+    try:
+        validate_instances(read_instances_json(path), path, on_problem=note)
+    except WsssBenchError as e:
+        found.append(_err(e, path))
+    return found
+
+
 def check_dataset(name: str, root: str | os.PathLike, splits: list[str] | None = None, workers: int = 1,
                   decode_images: bool = True, progress: Callable[[str, int, int], None] | None = None,
                   **options) -> CheckReport:
@@ -198,15 +217,20 @@ def check_dataset(name: str, root: str | os.PathLike, splits: list[str] | None =
     key = str(name).lower()
     if key not in DATASETS:
         raise WsssBenchError(f"unknown dataset {name!r} (expected {', '.join(DATASETS)})")
+    if type(workers) is not int or workers < 1:
+        raise WsssBenchError(f"workers must be a whole number >= 1, got {workers!r}")
     opts = {k: v for k, v in options.items() if v is not None}
     check_options(key, opts, DATASET_OPTIONS[key])
     root = Path(root)
     report = CheckReport(key, str(root))
     if not root.is_dir():
-        report.problems.append(Problem("error", str(root), "data root folder not found"))
+        what = "is a file, not a data root folder" if root.exists() else "data root folder not found"
+        report.problems.append(Problem("error", str(root), what))
         return report
     seen: set[tuple[str, str]] = set()
     for split in splits or default_splits(key, root, opts):
+        if key == "coco" and "masks" not in opts:
+            report.problems += check_coco_annotations(root, split)
         try:
             ds = _open(key, root, split, opts, report.problems)
         except WsssBenchError as e:

@@ -2,7 +2,14 @@
 
 An image id is a plain file-name stem (``2007_000032``, ``COCO_val2014_000000000042``). A list
 entry that is empty, absolute, contains a path separator or ``..`` would let a split name a file
-outside the dataset root; it is rejected with the list file and the line number.
+outside the dataset root; it is rejected with the list file and the line number, as is an id with
+a NUL or another non-printable character (a stray byte-order mark), or too long for a file name.
+
+How a list file is read: UTF-8, a byte-order mark at its start dropped; lines end in LF, CRLF or
+CR; blank and whitespace-only lines are skipped and the spaces around an id ignored. A duplicate id
+is kept once, at its first line (a list is a set of images, and counting one twice would weight it
+twice in every mean); the dataset records a warning naming the file, the count and the first
+repeated line, which ``datasets check`` shows.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ PROTOCOL_SPLIT_SIZES: dict[str, dict[str, int]] = {
 OnBadEntry = Callable[[Path, str, str], None]
 
 
+#: Longest id in UTF-8 bytes: a file name is at most 255 bytes on common file systems, and the
+#: id is followed by ``.jpg`` or ``.png``.
+MAX_ID_BYTES = 251
+
+
 def id_problem(entry: str) -> str | None:
     """Why ``entry`` is not an acceptable image id, or ``None`` when it is."""
     if not entry:
@@ -36,6 +48,12 @@ def id_problem(entry: str) -> str | None:
         return f"image id {entry!r} contains '..' and escapes the dataset root"
     if len(parts) > 1 or entry in (".",):
         return f"image id {entry!r} is not a plain file-name stem"
+    if not entry.isprintable():  # control, format (a stray BOM), separator or unassigned characters
+        bad = next(ch for ch in entry if not ch.isprintable())
+        return f"image id {entry!r} contains the non-printable character {bad!r}"
+    size = len(entry.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        return f"image id {entry[:40]!r}... is {size} bytes long, too long for a file name (at most {MAX_ID_BYTES})"
     return None
 
 
@@ -55,30 +73,46 @@ def parse_list_line(line: str) -> str:
         if norm.startswith("JPEGImages/") and norm.count("/") == 1 and norm.endswith(".jpg"):
             return norm[len("JPEGImages/"):-len(".jpg")]
     if len(tokens) > 1:
-        return line.strip()  # rejected by id_problem (or an odd id) below
+        return line.strip()  # rejected by read_id_list below
     return first
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split at LF, CRLF and CR only (``str.splitlines`` also splits at form feeds, vertical
+    tabs, U+2028 and others, which would shift the line numbers an editor shows)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def read_id_list(path: Path, on_bad: OnBadEntry | None = None) -> list[str]:
-    """Ids of a split list file, in file order (blank lines skipped, duplicates kept once).
+    """Ids of a split list file, in file order (see the module docstring for the accepted form).
 
     A bad entry raises :class:`WsssBenchError` naming the file and line, unless ``on_bad`` is
-    given, in which case it is reported there and skipped.
+    given, in which case it is reported there (severity ``"error"``) and skipped. Duplicate ids are
+    kept once; when there are any, ``on_bad`` (if given) receives one ``"warning"`` counting them.
     """
     path = Path(path)
     if not path.is_file():
-        raise WsssBenchError("split list file not found", path)
+        what = "is a folder, not a split list file" if path.is_dir() else "split list file not found"
+        raise WsssBenchError(what, path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise WsssBenchError(f"cannot read split list ({e})", path) from None
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise WsssBenchError(f"cannot read split list ({e.strerror or e})", path) from None
+    except UnicodeDecodeError as e:
+        raise WsssBenchError(f"split list is not UTF-8 text (byte {e.start}: {e.reason})", path) from None
+    text = text.removeprefix("\ufeff")
     ids: list[str] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    dups: list[tuple[int, str]] = []
+    for lineno, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         entry = parse_list_line(line)
-        why = id_problem(entry)
+        if len(line.split()) > 1 and entry == line.strip():
+            why = (f"{len(line.split())} fields {line.strip()[:60]!r}; expected one image id per line (or the "
+                   "two-column '/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png' form)")
+        else:
+            why = id_problem(entry)
         if why is not None:
             msg = f"line {lineno}: {why}"
             if on_bad is None:
@@ -86,18 +120,23 @@ def read_id_list(path: Path, on_bad: OnBadEntry | None = None) -> list[str]:
             on_bad(path, msg, "error")
             continue
         if entry in seen:
-            if on_bad is not None:
-                on_bad(path, f"line {lineno}: duplicate image id {entry!r} (kept once)", "warning")
+            dups.append((lineno, entry))
             continue
         seen.add(entry)
         ids.append(entry)
+    if dups and on_bad is not None:
+        lineno, entry = dups[0]
+        n = len(dups)
+        on_bad(path, f"{n} duplicate image id{'s' if n > 1 else ''} kept once (first: line {lineno}, "
+                     f"{entry!r})", "warning")
     return ids
 
 
 def require_dir(path: Path, what: str) -> Path:
     """``path`` if it is a folder, else a :class:`WsssBenchError` naming it."""
     if not path.is_dir():
-        raise WsssBenchError(f"{what} folder not found", path)
+        raise WsssBenchError(f"{what} folder not found" if not path.exists() else f"{what} folder expected, found a file",
+                             path)
     return path
 
 

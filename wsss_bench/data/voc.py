@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss_bench.data.base import SegDataset, safe_join
+from wsss_bench.data.base import SegDataset, read_image_size, safe_join
 from wsss_bench.data.classes import VOC, ClassSet
-from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, OnBadEntry, read_id_list, require_dir
+from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, OnBadEntry, id_problem, read_id_list, require_dir
 from wsss_bench.errors import WsssBenchError
 
 VOC_SPLITS = ("train", "val", "trainval", "test", "train_aug")
@@ -88,7 +88,7 @@ class VOCSegmentation(SegDataset):
         self.label_source = labels
         self.warnings: list[str] = []
         self.list_source = ""
-        ids = self._split_ids(vroot, split, _on_bad)
+        ids = self._split_ids(vroot, split, _on_bad or self._fail_or_warn)
         if not ids:  # name the list the ids came from (the base class can only name the root)
             raise WsssBenchError(f"split {split!r} is empty: no image ids", self.list_source or vroot)
         super().__init__(vroot, split, classes, ids)
@@ -107,13 +107,19 @@ class VOCSegmentation(SegDataset):
 
     # -- layout ----------------------------------------------------------------------------------
 
+    def _fail_or_warn(self, path: Path, message: str, severity: str) -> None:
+        """Default handling of a list problem: an error raises, a warning (duplicates) is recorded."""
+        if severity == "error":
+            raise WsssBenchError(message, path)
+        self.warnings.append(f"{path}: {message}")
+
     def _resolve_root(self, root: str | os.PathLike) -> Path:
         return resolve_voc_root(root)
 
     def _list_path(self, root: Path, split: str) -> Path:
         return root / "ImageSets" / "Segmentation" / f"{split}.txt"
 
-    def _split_ids(self, root: Path, split: str, on_bad: OnBadEntry | None) -> list[str]:
+    def _split_ids(self, root: Path, split: str, on_bad: OnBadEntry) -> list[str]:
         if split == "train_aug":
             return self._train_aug_ids(root, on_bad)
         path = self._list_path(root, split)
@@ -126,7 +132,7 @@ class VOCSegmentation(SegDataset):
         self.list_source = str(path)
         return read_id_list(path, on_bad)
 
-    def _train_aug_ids(self, root: Path, on_bad: OnBadEntry | None) -> list[str]:
+    def _train_aug_ids(self, root: Path, on_bad: OnBadEntry) -> list[str]:
         aug = root / "SegmentationClassAug"
         if not aug.is_dir():
             raise WsssBenchError("split train_aug needs the SBD masks in SegmentationClassAug/ (folder not found)",
@@ -137,7 +143,14 @@ class VOCSegmentation(SegDataset):
                 return read_id_list(cand, on_bad)
         val = set(read_id_list(self._list_path(root, "val"), on_bad))
         self.list_source = "SegmentationClassAug/*.png minus val.txt"
-        return sorted(p.stem for p in aug.glob("*.png") if p.stem not in val)
+        ids = []
+        for p in sorted(aug.glob("*.png")):
+            why = id_problem(p.stem)
+            if why is not None:  # a file name no list could hold (a control character, say)
+                on_bad(p, why, "error")
+            elif p.stem not in val:
+                ids.append(p.stem)
+        return ids
 
     # -- access ----------------------------------------------------------------------------------
 
@@ -161,3 +174,18 @@ class VOCSegmentation(SegDataset):
         d = super().describe()
         d.update({"ids_from": self.list_source, "masks": self._mask_dir, "warnings": list(self.warnings)})
         return d
+
+
+def voc_test_image_sizes(data_root: str | os.PathLike, decode: bool = True
+                     ) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """The ids of VOC ``ImageSets/Segmentation/test.txt`` and the (height, width) of each test image.
+
+    For the test-server export (``wsss-bench export-voc-test --data-root``). The ids are read and
+    checked like every other split (:func:`wsss_bench.data.layout.read_id_list`: inside the root,
+    byte-order mark and CRLF accepted, duplicates kept once); a missing test image, or one that
+    cannot be decoded (``decode=True``, the default: a truncated JPEG is caught too; ``False`` reads
+    the header only), is a one-line :class:`WsssBenchError` naming the file.
+    """
+    ds = VOCSegmentation(data_root, "test")
+    return list(ds.ids), {i: read_image_size(ds.image_path(i), decode=decode, what=f"test image {i!r}")
+                          for i in ds.ids}
