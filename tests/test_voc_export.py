@@ -108,12 +108,12 @@ def test_a_corrupt_test_jpeg_is_one_line_naming_the_file(tmp_path, capsys):
     jpg = root / "JPEGImages" / "2008_000002.jpg"
     jpg.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "r.tar.gz"
-    with pytest.raises(WsssBenchError, match="cannot read test image") as e:
+    with pytest.raises(WsssBenchError, match="cannot decode image") as e:
         export_voc_test(d, out, data_root=root)
     assert e.value.path == str(jpg)
     assert main(["export-voc-test", str(d), "--data-root", str(root), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {jpg}: cannot read test image") and err.count("\n") == 1
+    assert err.startswith(f"error: {jpg}: cannot decode image") and err.count("\n") == 1
     assert not out.exists()
 
 

@@ -37,38 +37,12 @@ def _palette_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of a test image from its header; unreadable -> one-line error naming it."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except Image.DecompressionBombError as e:
-        raise WsssBenchError(f"test image too large ({e})", path) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise WsssBenchError(f"cannot read test image ({type(e).__name__}: {e})", path) from None
-
-
 def _test_ids_and_sizes(data_root: Path) -> tuple[list[str], dict[str, tuple[int, int]]]:
     """Ids of ``ImageSets/Segmentation/test.txt`` (each checked to stay inside the root, as every
     split list is) and the size of each test image."""
-    from wsss_bench.data.base import safe_join
-    from wsss_bench.data.layout import read_id_list
-    from wsss_bench.data.voc import resolve_voc_root
+    from wsss_bench.data.voc import voc_test_image_sizes
 
-    root = resolve_voc_root(data_root)
-    lst = root / "ImageSets" / "Segmentation" / "test.txt"
-    if not lst.is_file():
-        raise WsssBenchError("VOC test list not found (expected ImageSets/Segmentation/test.txt)", lst)
-    ids = read_id_list(lst)  # rejects empty, absolute, '..' and path-separator ids, naming the line
-    sizes = {}
-    for i in ids:
-        p = safe_join(root, f"JPEGImages/{i}.jpg")
-        if not p.is_file():
-            raise WsssBenchError(f"test image {i!r} not found", p)
-        sizes[i] = _image_size(p)
-    return ids, sizes
+    return voc_test_image_sizes(data_root)
 
 
 def export_voc_test(pred_dir: str | os.PathLike, out_path: str | os.PathLike, ids: list[str] | None = None,
