@@ -14,10 +14,13 @@ The checkpoint is the one :class:`wsss_bench.methods.more.MoReAdapter` loads (``
 stripped if present); this segmenter keeps ``encoder.*`` and ``decoder.*`` and ignores
 ``classifier.*``, ``aux_classifier.*``, ``graph_layer.*`` and the encoder's unused ``head.*``.
 
-Native protocol (``tools/infer_seg_voc.py``): each scale ``s`` of 1.0, 1.25, 1.5 resizes the image
-bilinearly to ``int(448 s)`` square; the view and its flip run in one batch; both logits are upsampled
-bilinearly to the label size, the flip's flipped back and **summed**; the scales are fused by
-**max**; the prediction is the argmax (dense CRF on the softmax is the script's separate option).
+Native protocol (``tools/infer_seg_voc.py``): the image normalised by ``datasets/transforms.py
+normalize_img`` (``(x - 255 mean) / (255 std)`` in float64 from the uint8 image, stored as float32:
+``normalize_dtype="float64"``); each scale ``s`` of 1.0, 1.25, 1.5 resizes the normalised float image
+with ``F.interpolate(size=(int(448 s),) * 2, mode="bilinear", align_corners=False)``; the view and its
+flip run in one batch; both logits are upsampled bilinearly to the label size, the flip's flipped back
+and **summed**; the scales are fused by **max**; the prediction is the argmax of the fused logits
+(dense CRF on their softmax, with the RGB image, is the script's separate ``crf_proc``).
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ class MoReSegmenter(Segmenter):
     hyperparameters: ClassVar[dict[str, Any]] = {}
     native: ClassVar[TestTimeSettings] = TestTimeSettings(
         name="native", scales=(1.0, 1.25, 1.5), flip=True, fusion="max", flip_fusion="sum",
-        fuse_at="image", input_size=448, align_corners=False)
+        fuse_at="image", input_size=448, align_corners=False, resize="float-size")
+    normalize_dtype: ClassVar[str] = "float64"
 
     def build(self) -> nn.Module:
         self.model = MoReSegNet(self.num_classes, VIT_MCT_CONFIGS[self.backbone]).eval()
