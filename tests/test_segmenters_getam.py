@@ -183,6 +183,7 @@ def test_native_protocol_is_test_py_sizes_and_crf():
     seg = tiny()
     n = seg.settings("native")
     assert [view_size(375, 500, s, n.input_size) for s in n.scales] == [(256, 256), (320, 320), (480, 480)]
-    assert (n.flip, n.fusion) == (False, "mean")
+    assert (n.flip, n.fusion, n.resize) == (False, "mean", "opencv-uint8")
     c = seg.settings("native+crf").crf
     assert c == GETAM_CRF and c.iterations == 20 and c.bilateral_sxy == 83
+    assert seg.settings("native+crf").crf_image == "BGR"  # test.py passes OpenCV's BGR image to the CRF
