@@ -69,37 +69,27 @@ def official_state(seed=0):
     return state
 
 
-def reference_forward(vit, state, x, hooks=(0, 1, 2, 3)):
-    """forward_flex + forward_vit + DPT.forward_seg, written from the official files."""
-    b, _, h, w = x.shape
-    gh, gw = h // 16, w // 16
-    tok = F.conv2d(x, state["pretrained.model.patch_embed.proj.weight"],
-                   state["pretrained.model.patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
-    pos = state["pretrained.model.pos_embed"]
-    side = int((pos.shape[1] - 1) ** 0.5)
-    grid = pos[0, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(gh, gw), mode="bilinear").permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
-    t = torch.cat([state["pretrained.model.cls_token"].expand(b, -1, -1), tok], 1) + torch.cat([pos[:, :1], grid], 1)
-    acts = {}
-    for i, blk in enumerate(vit.blocks):
-        t = blk(t)
-        acts[i] = t
+def reference_post(state, i, tokens, grid):
+    """``forward_vit``: ``act_postprocess{i}`` (readout projection, unflatten, 1x1 conv, resampling)."""
+    gh, gw = grid
+    p = f"pretrained.act_postprocess{i}"
+    patches = tokens[:, 1:]
+    feat = torch.cat([patches, tokens[:, :1].expand_as(patches)], -1)
+    feat = F.gelu(F.linear(feat, state[f"{p}.0.project.0.weight"], state[f"{p}.0.project.0.bias"]))
+    y = feat.transpose(1, 2).unflatten(2, (gh, gw))
+    y = F.conv2d(y, state[f"{p}.3.weight"], state[f"{p}.3.bias"])
+    if i == 1:
+        y = F.conv_transpose2d(y, state[f"{p}.4.weight"], state[f"{p}.4.bias"], stride=4)
+    if i == 2:
+        y = F.conv_transpose2d(y, state[f"{p}.4.weight"], state[f"{p}.4.bias"], stride=2)
+    if i == 4:
+        y = F.conv2d(y, state[f"{p}.4.weight"], state[f"{p}.4.bias"], stride=2, padding=1)
+    return y
 
-    def post(i, tokens):
-        p = f"pretrained.act_postprocess{i}"
-        patches = tokens[:, 1:]
-        feat = torch.cat([patches, tokens[:, :1].expand_as(patches)], -1)
-        feat = F.gelu(F.linear(feat, state[f"{p}.0.project.0.weight"], state[f"{p}.0.project.0.bias"]))
-        y = feat.transpose(1, 2).unflatten(2, (gh, gw))
-        y = F.conv2d(y, state[f"{p}.3.weight"], state[f"{p}.3.bias"])
-        if i == 1:
-            y = F.conv_transpose2d(y, state[f"{p}.4.weight"], state[f"{p}.4.bias"], stride=4)
-        if i == 2:
-            y = F.conv_transpose2d(y, state[f"{p}.4.weight"], state[f"{p}.4.bias"], stride=2)
-        if i == 4:
-            y = F.conv2d(y, state[f"{p}.4.weight"], state[f"{p}.4.bias"], stride=2, padding=1)
-        return y
 
+def reference_dpt_head(state, layers):
+    """``DPT.forward_seg`` after ``forward_vit``: ``scratch.layer{i}_rn``, ``refinenet4..1``,
+    ``cam_module`` (SELayer), ``scratch.output_conv`` (logits at the input size)."""
     def bn(y, p):
         return F.batch_norm(y, state[f"{p}.running_mean"], state[f"{p}.running_var"], state[f"{p}.weight"],
                             state[f"{p}.bias"], False, 0.0, 1e-5)
@@ -117,7 +107,6 @@ def reference_forward(vit, state, x, hooks=(0, 1, 2, 3)):
         y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=True)
         return F.conv2d(y, state[f"{p}.out_conv.weight"], state[f"{p}.out_conv.bias"])
 
-    layers = [post(i + 1, acts[hk]) for i, hk in enumerate(hooks)]
     rn = [F.conv2d(layer, state[f"scratch.layer{i + 1}_rn.weight"], padding=1) for i, layer in enumerate(layers)]
     path = fusion(4, rn[3])
     path = fusion(3, path, rn[2])
@@ -131,6 +120,25 @@ def reference_forward(vit, state, x, hooks=(0, 1, 2, 3)):
     out = F.relu(bn(F.conv2d(path, state["scratch.output_conv.0.weight"], padding=1), "scratch.output_conv.1"))
     out = F.conv2d(out, state["scratch.output_conv.4.weight"], state["scratch.output_conv.4.bias"])
     return F.interpolate(out, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def reference_forward(vit, state, x, hooks=(0, 1, 2, 3)):
+    """forward_flex + forward_vit + DPT.forward_seg, written from the official files."""
+    b, _, h, w = x.shape
+    gh, gw = h // 16, w // 16
+    tok = F.conv2d(x, state["pretrained.model.patch_embed.proj.weight"],
+                   state["pretrained.model.patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
+    pos = state["pretrained.model.pos_embed"]
+    side = int((pos.shape[1] - 1) ** 0.5)
+    grid = pos[0, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(gh, gw), mode="bilinear").permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+    t = torch.cat([state["pretrained.model.cls_token"].expand(b, -1, -1), tok], 1) + torch.cat([pos[:, :1], grid], 1)
+    acts = {}
+    for i, blk in enumerate(vit.blocks):
+        t = blk(t)
+        acts[i] = t
+    layers = [reference_post(state, i + 1, acts[hk], (gh, gw)) for i, hk in enumerate(hooks)]
+    return reference_dpt_head(state, layers)
 
 
 def tiny(**kw):
@@ -175,6 +183,7 @@ def test_native_protocol_is_test_py_sizes_and_crf():
     seg = tiny()
     n = seg.settings("native")
     assert [view_size(375, 500, s, n.input_size) for s in n.scales] == [(256, 256), (320, 320), (480, 480)]
-    assert (n.flip, n.fusion) == (False, "mean")
+    assert (n.flip, n.fusion, n.resize) == (False, "mean", "opencv-uint8")
     c = seg.settings("native+crf").crf
     assert c == GETAM_CRF and c.iterations == 20 and c.bilateral_sxy == 83
+    assert seg.settings("native+crf").crf_image == "BGR"  # test.py passes OpenCV's BGR image to the CRF

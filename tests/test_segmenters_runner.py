@@ -51,7 +51,10 @@ def test_end_to_end_record_and_palette_predictions(synth, tmp_path):
     assert back["settings"]["name"] == "fast" and back["settings"]["scales"] == [0.75, 1.0]
     assert back["hyperparameters"]["width"] == 8 and back["backbone"] == "resnet101"
     assert back["num_images"] == len(synth.ids) == 2
-    assert set(back["timings"]) >= {"images_per_second", "seconds", "peak_memory_mb"}
+    # the pseudo-label runner's memory fields (inference.device.peak_memory): RSS, and CUDA or None
+    assert set(back["timings"]) >= {"images_per_second", "seconds", "peak_rss_mb", "peak_device_memory_mb"}
+    assert "peak_memory_mb" not in back["timings"]
+    assert back["timings"]["peak_rss_mb"] > 0 and back["timings"]["peak_device_memory_mb"] is None
     assert back["data_root"] == str(Path(synth.root).resolve())
     # every prediction: a palette PNG of the image's size, equal to an independent predict call
     conf = np.zeros((6, 6), dtype=np.int64)

@@ -60,17 +60,62 @@ def test_more_native_equals_the_official_loop():
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+def naive_bilinear(x: np.ndarray, out: tuple[int, int], step: tuple[float, float]) -> np.ndarray:
+    """Bilinear resampling [C, H, W] -> [C, h, w] written out: output pixel i samples the input at
+    ``(i + 0.5) * step - 0.5`` (clamped at 0; ``align_corners=False``); the source coordinate in
+    float32 as PyTorch computes it on float tensors, the blend in float64."""
+    def axis(n_in: int, n_out: int, st: float):
+        src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * np.float32(st) - np.float32(0.5),
+                         np.float32(0.0)).astype(np.float64)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    y0, y1, ly = axis(x.shape[1], out[0], step[0])
+    x0, x1, lx = axis(x.shape[2], out[1], step[1])
+    x = x.astype(np.float64)
+    top = x[:, y0][:, :, x0] * (1 - lx) + x[:, y0][:, :, x1] * lx
+    bottom = x[:, y1][:, :, x0] * (1 - lx) + x[:, y1][:, :, x1] * lx
+    return top * (1 - ly[:, None]) + bottom * ly[:, None]
+
+
+@pytest.mark.parametrize("resize", ["float-size", "float-scale-factor"])
+def test_float_views_sample_with_the_step_of_their_mode(resize):
+    """``float-size`` samples with step in/out, ``float-scale-factor`` with 1/p (the MSC's
+    ``F.interpolate(x, scale_factor=p)``): same size, different grid."""
+    from wsss_bench.segmenters.tta import make_view
+
+    x = torch.randn(1, 3, 281, 375, generator=torch.Generator().manual_seed(5))
+    s = TestTimeSettings(scales=(0.75,), resize=resize)
+    got = make_view(x, 0.75, s)[0].numpy()
+    assert got.shape == (3, 210, 281)
+    step = (np.float32(281) / np.float32(210), np.float32(375) / np.float32(281)) if resize == "float-size" \
+        else (1 / 0.75, 1 / 0.75)
+    # 1e-4: PyTorch may fuse the source-coordinate multiply-add (rows 1e-5 px apart)
+    np.testing.assert_allclose(got, naive_bilinear(x[0].numpy(), (210, 281), step), atol=1e-4)
+    other = (1 / 0.75, 1 / 0.75) if resize == "float-size" else (281 / 210, 375 / 281)
+    assert np.abs(got - naive_bilinear(x[0].numpy(), (210, 281), other)).max() > 1e-2
+
+
 def test_fuse_at_logits_equals_the_msc_max_then_upsample():
-    """deeplab-pytorch MSC: max over scales at the scale-1.0 logit size, then upsample to the image."""
+    """deeplab-pytorch MSC: the image and its scale_factor views, logits resized to the scale-1.0
+    logit size, max, then upsampled to the image; main.py: argmax of the softmax."""
     net = tiny_net(stride=4)
     s = DeepLabV2Segmenter.native
+    assert s.resize == "float-scale-factor"
     x = torch.randn(1, 3, 33, 45, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         got = fused_scores(net, x, s)
         base = net(x)
-        pyramid = [up(net(up(x, (int(33 * p), int(45 * p)))), base.shape[-2:]) for p in (0.5, 0.75)]
+        pyramid = []
+        for p in (0.5, 0.75):
+            size = (int(33 * p), int(45 * p))
+            v = torch.from_numpy(naive_bilinear(x[0].numpy(), size, (1 / p, 1 / p))).float()[None]
+            pyramid.append(up(net(v), base.shape[-2:]))
         ref = up(torch.max(torch.stack([base] + pyramid), dim=0)[0], (33, 45))
+        pred = predict(net, x, s)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(pred, got.softmax(1).argmax(1))
 
 
 @pytest.mark.parametrize("fusion", ["mean", "sum"])
@@ -130,6 +175,14 @@ def test_settings_are_validated_and_named():
         TestTimeSettings(scales=(1.0, -0.5))
     with pytest.raises(WsssBenchError, match="scale 1.0"):
         TestTimeSettings(scales=(0.5,), fuse_at="logits")
+    with pytest.raises(WsssBenchError, match="resize must be one of"):
+        TestTimeSettings(resize="pil")
+    with pytest.raises(WsssBenchError, match="no input_size"):
+        TestTimeSettings(resize="float-scale-factor", input_size=448)
+    with pytest.raises(WsssBenchError, match="crf_image"):
+        TestTimeSettings(crf_image="LAB")
+    with pytest.raises(WsssBenchError, match="uint8 views"):
+        fused_scores(tiny_net(), torch.zeros(1, 3, 8, 8), TestTimeSettings(resize="opencv-uint8"))
     seg = DeepLabV2Segmenter(21)
     assert seg.settings("standard") == STANDARD_TEST_SETTINGS
     assert seg.settings("native") is DeepLabV2Segmenter.native
@@ -139,3 +192,4 @@ def test_settings_are_validated_and_named():
         seg.settings("fast")
     d = STANDARD_TEST_SETTINGS.to_dict()
     assert d["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and d["flip"] and d["crf"] is None
+    assert (d["resize"], d["crf_image"]) == ("float-size", "RGB")

@@ -30,7 +30,8 @@ Writing a segmenter (for example MoRe's ``decoder`` head, ``segmenters/more_head
 
 Contract of the override point, :meth:`Segmenter.logits`: ``images`` float [B, 3, h, w], already
 normalised with the class attributes :attr:`~Segmenter.mean` / :attr:`~Segmenter.std` (in 0..1
-units) in :attr:`~Segmenter.channel_order`; returns float logits [B, C, h', w'] where
+units) in :attr:`~Segmenter.channel_order` (arithmetic: :attr:`~Segmenter.normalize_dtype`);
+returns float logits [B, C, h', w'] where
 ``C = num_classes`` counts ALL classes including background (VOC 21, COCO 81, synthetic 6), at
 any resolution (the protocol upsamples them bilinearly). No softmax, no resizing to the input.
 
@@ -57,6 +58,10 @@ from wsss_bench.refine import CRFParams
 FUSIONS = ("softmax-mean", "mean", "sum", "max")
 #: Flip-pair fusion rules (applied to logits, before the scales are fused).
 FLIP_FUSIONS = ("sum", "mean", "max")
+#: How a view is made from the image (see :class:`TestTimeSettings`).
+RESIZES = ("float-size", "float-scale-factor", "opencv-uint8")
+#: Arithmetic of the input normalisation (see :attr:`Segmenter.normalize_dtype`).
+NORMALIZE_DTYPES = ("float32", "float64")
 
 #: Dense-CRF parameters of the DeepLab-v2 PyTorch re-implementation (kazuto1011/deeplab-pytorch,
 #: ``configs/voc12.yaml``/``libs/utils/crf.py``) that MoRe's ``tools/infer_seg_voc.py`` also uses:
@@ -72,7 +77,17 @@ class TestTimeSettings:
     - ``name``: a label stored in records (``"standard"``, ``"native"``, ``"standard+crf"``).
     - ``scales``: rescale factors. A view at scale ``s`` of an ``H x W`` image is
       ``floor(H s) x floor(W s)`` (at least 1), or, with ``input_size``, ``floor(input_size s)`` square
-      (MoRe's ``int(448 * sc)``); resizing is bilinear, ``align_corners=False``, on the normalised image.
+      (MoRe's ``int(448 * sc)``, GETAM's 256/320/480 as ``input_size=160`` at 1.6/2.0/3.0).
+    - ``resize``: how a view is made (a view of the image's own size is the image itself):
+
+      - ``"float-size"``: ``F.interpolate(x, size=view size, mode="bilinear", align_corners=False)`` of
+        the normalised float image (sampling step ``in / out``; MoRe's ``infer_seg_voc.py``, the
+        standard protocol);
+      - ``"float-scale-factor"``: ``F.interpolate(x, scale_factor=s, mode="bilinear",
+        align_corners=False)`` of the normalised float image (size ``floor(H s)``, sampling step
+        ``1 / s``: the DeepLab-v2 re-implementation's ``MSC``); not with ``input_size``;
+      - ``"opencv-uint8"``: ``cv2.resize(image, (w, h))`` (``INTER_LINEAR``, fixed-point) of the uint8
+        image, normalised afterwards (GETAM's ``test.py``); made in the loader workers.
     - ``flip``: also run the horizontal flip of every scale; its logits are flipped back.
     - ``fusion``: how the views' outputs, each upsampled to the fusion size, are combined:
       ``"softmax-mean"`` softmax over classes per view, then mean (the output is probabilities);
@@ -87,6 +102,8 @@ class TestTimeSettings:
     - ``crf``: ``None``, or dense-CRF parameters applied to the fused probabilities (softmax of fused
       logits) with the original image (:func:`wsss_bench.refine.dense_crf`); the prediction is the
       argmax of the CRF marginals. A CRF run is always a separately labelled row.
+    - ``crf_image``: the channel order of the image given to the CRF, ``"RGB"`` or ``"BGR"`` (GETAM's
+      ``test.py`` passes OpenCV's BGR image; the lattice of the bilateral filter depends on it).
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -100,6 +117,8 @@ class TestTimeSettings:
     input_size: int | None = None
     align_corners: bool = False
     crf: CRFParams | None = None
+    resize: str = "float-size"
+    crf_image: str = "RGB"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -116,6 +135,12 @@ class TestTimeSettings:
             raise WsssBenchError("fuse_at='logits' needs scale 1.0 among the scales")
         if self.input_size is not None and self.input_size < 1:
             raise WsssBenchError(f"input_size must be positive, got {self.input_size}")
+        if self.resize not in RESIZES:
+            raise WsssBenchError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        if self.resize == "float-scale-factor" and self.input_size is not None:
+            raise WsssBenchError("resize='float-scale-factor' rescales the image itself: it takes no input_size")
+        if self.crf_image not in ("RGB", "BGR"):
+            raise WsssBenchError(f"crf_image must be 'RGB' or 'BGR', got {self.crf_image!r}")
 
     def replace(self, **changes: Any) -> TestTimeSettings:
         return dataclasses.replace(self, **changes)
@@ -167,6 +192,10 @@ class Segmenter:
     std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
     #: ``"RGB"`` or ``"BGR"`` (Caffe-converted networks such as DeepLab-v2 take BGR).
     channel_order: ClassVar[str] = "RGB"
+    #: Arithmetic of :meth:`normalize`, as the official code does it: ``"float32"`` (torchvision's
+    #: ``to_tensor`` + ``normalize``: ``x / 255``, ``- mean``, ``/ std`` each rounded to float32) or
+    #: ``"float64"`` (NumPy on the uint8 image: computed in float64, rounded once to float32).
+    normalize_dtype: ClassVar[str] = "float32"
 
     def __init__(self, num_classes: int, backbone: str | None = None,
                  hparams: dict[str, Any] | None = None):
@@ -210,15 +239,24 @@ class Segmenter:
         return load_checkpoint_strict(self.model, path, self.filter_checkpoint, f"segmenter {self.name}")
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (or 0..255 float) images [B, H, W, 3] RGB -> normalised float [B, 3, H, W]."""
+        """uint8 (or 0..255 float) images [B, H, W, 3] RGB -> normalised float32 [B, 3, H, W].
+
+        ``(image / 255 - mean) / std`` per channel in :attr:`channel_order`, in the arithmetic of
+        :attr:`normalize_dtype` (float64 reproduces ``(x - 255 mean) / (255 std)`` of NumPy code
+        bit for bit after the rounding to float32: checked for all 256 values of each channel).
+        """
         if images.ndim != 4 or images.shape[-1] != 3:
             raise WsssBenchError(f"images must be [B, H, W, 3], got shape {tuple(images.shape)}")
-        x = images.permute(0, 3, 1, 2).float() / 255.0
+        if self.normalize_dtype not in NORMALIZE_DTYPES:
+            raise WsssBenchError(f"segmenter {self.name!r}: normalize_dtype must be one of "
+                                 f"{', '.join(NORMALIZE_DTYPES)}, got {self.normalize_dtype!r}")
+        dtype = torch.float64 if self.normalize_dtype == "float64" else torch.float32
+        x = images.permute(0, 3, 1, 2).to(dtype) / 255.0
         if self.channel_order == "BGR":
             x = x.flip(1)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).float()
 
     def settings(self, which: str | TestTimeSettings = "standard") -> TestTimeSettings:
         """``"standard"``, ``"native"`` (either with ``+crf`` appended) or a settings object."""
@@ -243,4 +281,5 @@ class Segmenter:
             "official_code": self.official_code, "backbones": list(self.backbones),
             "hyperparameters": dict(self.hyperparameters), "native": self.native.to_dict(),
             "channel_order": self.channel_order, "mean": list(self.mean), "std": list(self.std),
+            "normalize_dtype": self.normalize_dtype,
         }

@@ -13,11 +13,17 @@ re-implementation that IRN- and EDAM-style pipelines train (kazuto1011/deeplab-p
   (output stride 8);
 - ``aspp.c0..c3``: 3x3 convolutions with bias, dilations 6, 12, 18, 24, whose outputs are summed.
 - Input: BGR, minus the Caffe mean (B 104.008, G 116.669, R 122.675), no scaling.
-- Native test (``main.py test`` with ``MSC(scales=[0.5, 0.75])``): the image at scales 1.0, 0.5, 0.75,
-  logits resized to the scale-1.0 logit size, pixel-wise max, upsampled to the image size, softmax;
-  no flip. The dense CRF (``main.py crf``) is a separate row (:data:`~wsss_bench.segmenters.base.DEEPLAB_CRF`).
-  The official MSC resizes with ``scale_factor`` (sampling step ``1/p``), wsss-bench with the
-  rounded size (step ``in/out``); the two differ by well under a pixel.
+- Input arithmetic (``libs/datasets/base.py``): ``cv2.imread`` BGR as float32, ``image -= mean_bgr``
+  (a float64 array: computed in float64, rounded once to float32): ``normalize_dtype="float64"``.
+- Native test (``main.py test`` with ``MSC(scales=[0.5, 0.75])``, ``libs/models/msc.py``): the image
+  itself, then ``F.interpolate(x, scale_factor=p, mode="bilinear", align_corners=False)`` for p = 0.5,
+  0.75 (size ``floor(H p)``, sampling step ``1/p``: ``resize="float-scale-factor"``); the pyramid's
+  logits resized (by size) to the scale-1.0 logit size, pixel-wise max; upsampled to the image size,
+  softmax, argmax (wsss-bench takes the argmax of the logits: the same class, the softmax being
+  increasing; the fidelity test checks it pixel for pixel); no flip. The dense CRF (``main.py crf``)
+  is a separate row (:data:`~wsss_bench.segmenters.base.DEEPLAB_CRF`) on the plain RGB image: the
+  official ``crf`` command passes the mean-subtracted BGR image cast to uint8 (negative values wrap
+  around), which wsss-bench does not reproduce.
 - Checkpoints without ``num_batches_tracked`` buffers (Caffe conversions) are accepted: the buffers
   (a counter that evaluation never reads) are filled with zeros.
 
@@ -34,7 +40,9 @@ the most widely used re-implementation, VainF/DeepLabV3Plus-Pytorch (``network/_
   ``classifier.aspp.project.{0,1}``: 1x1 conv 1280 -> 256 + BN (+ dropout);
 - ``classifier.classifier.{0,1}``: 3x3 conv (no bias) 304 -> 256 + BN, ``.3``: 1x1 conv to the
   classes (with bias); the logits are upsampled bilinearly to the input size inside the network.
-- Input: RGB, ImageNet mean/std. Native test (``main.py --test_only``): single scale, no flip.
+- Input: RGB, ImageNet mean/std in torchvision's float32 arithmetic (``ExtToTensor``, ``ExtNormalize``).
+  Native test (``main.py --test_only``, ``validate``): single scale, no flip, the network's logits at
+  the input size, ``outputs.max(dim=1)[1]`` (argmax of the logits).
 - VainF saves ``{"model_state": ..., "optimizer_state": ...}``; the weights are read from
   ``model_state`` (``torch.load(weights_only=True)``).
 
@@ -60,17 +68,31 @@ CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Remove any of ``prefixes`` (repeatedly, in order) from the start of every key."""
-    out = {}
+    """Remove any of ``prefixes`` (repeatedly, in order) from the start of every key.
+
+    Two keys that become the same name (``module.base.x`` and ``x``: a duplicate that may disagree)
+    are an error listing them; nothing is dropped, so that the strict load reports unknown keys.
+    """
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    clashes: list[str] = []
     for key, value in state.items():
+        name = key
         changed = True
         while changed:
             changed = False
             for p in prefixes:
-                if key.startswith(p):
-                    key = key[len(p):]
+                if name.startswith(p):
+                    name = name[len(p):]
                     changed = True
-        out[key] = value
+        if name in out:
+            clashes.append(f"{origin[name]} / {key}")
+            continue
+        out[name], origin[name] = value, key
+    if clashes:
+        shown = ", ".join(clashes[:6]) + (f" (+{len(clashes) - 6} more)" if len(clashes) > 6 else "")
+        raise WsssBenchError(f"checkpoint holds the same weights under two names (prefixes "
+                             f"{', '.join(repr(p) for p in prefixes)}): {shown}")
     return out
 
 
@@ -183,8 +205,9 @@ class DeepLabV2Segmenter(Segmenter):
     backbones: ClassVar[tuple[str, ...]] = ("resnet101", "resnet50")
     hyperparameters: ClassVar[dict[str, Any]] = {"width": 64, "blocks": None, "atrous_rates": [6, 12, 18, 24]}
     native = TestTimeSettings(name="native", scales=(1.0, 0.5, 0.75), flip=False, fusion="max",
-                              fuse_at="logits")
+                              fuse_at="logits", resize="float-scale-factor")
     channel_order = "BGR"
+    normalize_dtype = "float64"
     mean = tuple(m / 255.0 for m in CAFFE_MEAN_BGR)  # type: ignore[assignment]
     std = (1 / 255.0, 1 / 255.0, 1 / 255.0)
 
@@ -328,7 +351,7 @@ class DeepLabV3PlusSegmenter(Segmenter):
     backbones: ClassVar[tuple[str, ...]] = ("resnet101", "resnet50")
     hyperparameters: ClassVar[dict[str, Any]] = {"width": 64, "blocks": None, "output_stride": 16,
                                                  "decoder_channels": 256, "low_level_channels": 48}
-    native = TestTimeSettings(name="native", scales=(1.0,), flip=False, fusion="softmax-mean")
+    native = TestTimeSettings(name="native", scales=(1.0,), flip=False, fusion="mean")
 
     def build(self) -> nn.Module:
         hp = self.hparams

@@ -31,13 +31,14 @@ Network (``DPTSegmentationModel(num_classes=20, ...)``, 21 output classes with b
   mean colour) at the bottom and right to the next multiple of 32 and crops the logits back. The
   native sizes (256, 320, 480) need no padding.
 
-Native test (``test.py``): the image resized to 256 x 256, 320 x 320 and 480 x 480 (expressed as
-``input_size=160`` at scales 1.6, 2.0, 3.0), no flip, logits upsampled to the image size
-(``align_corners=False``) and averaged; ImageNet mean/std, RGB. The official script resizes with
-OpenCV, wsss-bench with ``F.interpolate`` (both bilinear). Its dense CRF (``tool/imutils.py
-crf_inference_inf``, t=20, Gaussian sxy 3 compat 3, bilateral sxy 83 srgb 5 compat 4) is
-:data:`GETAM_CRF`, used by ``native+crf``; the official script passes the BGR image to the CRF,
-wsss-bench the RGB one.
+Native test (``test.py``): ``cv2.imread`` (uint8 BGR), ``cv2.resize(img, (n, n))`` (``INTER_LINEAR``
+on the uint8 image) to 256, 320 and 480 (expressed as ``input_size=160`` at scales 1.6, 2.0, 3.0;
+``resize="opencv-uint8"``: wsss-bench calls OpenCV itself, in the loader workers), BGR -> RGB,
+``(x / 255 - mean) / std`` in float64 (NumPy) then float32 (``normalize_dtype="float64"``), no flip,
+logits upsampled to the image size (``align_corners=False``), ``(o_256 + o_320 + o_480) / 3``, argmax.
+Its dense CRF (``tool/imutils.py crf_inference_inf``, t=20, Gaussian sxy 3 compat 3, bilateral sxy 83
+srgb 5 compat 4) on the softmax of that mean is :data:`GETAM_CRF`, used by ``native+crf``, given the
+BGR image as the official script does (``crf_image="BGR"``).
 
 Checkpoint: the plain state dict of ``DPTSegmentationModel`` (``module.`` stripped when present);
 ``cls_head.*`` and the ViT's ImageNet ``head``/``head_dist``/``pre_logits`` are ignored, every other
@@ -217,8 +218,10 @@ class GETAMSegmenter(Segmenter):
     backbones: ClassVar[tuple[str, ...]] = tuple(
         b for b in ("vit_hybrid", "vit_base", "deit_base", "deit_base_distilled", "vit_tiny_demo") if b in VIT_SPECS)
     hyperparameters: ClassVar[dict[str, Any]] = {"features": 256, "hooks": None, "pad_to": 32}
-    native = TestTimeSettings(name="native", scales=(1.6, 2.0, 3.0), input_size=160, flip=False, fusion="mean")
+    native = TestTimeSettings(name="native", scales=(1.6, 2.0, 3.0), input_size=160, flip=False, fusion="mean",
+                              resize="opencv-uint8", crf_image="BGR")
     native_crf = GETAM_CRF
+    normalize_dtype = "float64"
 
     def build(self) -> nn.Module:
         hooks = self.hparams["hooks"]

@@ -14,10 +14,13 @@ The checkpoint is the one :class:`wsss_bench.methods.more.MoReAdapter` loads (``
 stripped if present); this segmenter keeps ``encoder.*`` and ``decoder.*`` and ignores
 ``classifier.*``, ``aux_classifier.*``, ``graph_layer.*`` and the encoder's unused ``head.*``.
 
-Native protocol (``tools/infer_seg_voc.py``): each scale ``s`` of 1.0, 1.25, 1.5 resizes the image
-bilinearly to ``int(448 s)`` square; the view and its flip run in one batch; both logits are upsampled
-bilinearly to the label size, the flip's flipped back and **summed**; the scales are fused by
-**max**; the prediction is the argmax (dense CRF on the softmax is the script's separate option).
+Native protocol (``tools/infer_seg_voc.py``): the image normalised by ``datasets/transforms.py
+normalize_img`` (``(x - 255 mean) / (255 std)`` in float64 from the uint8 image, stored as float32:
+``normalize_dtype="float64"``); each scale ``s`` of 1.0, 1.25, 1.5 resizes the normalised float image
+with ``F.interpolate(size=(int(448 s),) * 2, mode="bilinear", align_corners=False)``; the view and its
+flip run in one batch; both logits are upsampled bilinearly to the label size, the flip's flipped back
+and **summed**; the scales are fused by **max**; the prediction is the argmax of the fused logits
+(dense CRF on their softmax, with the RGB image, is the script's separate ``crf_proc``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from wsss_bench.errors import WsssBenchError
 from wsss_bench.methods.backbones.vit_mct import VIT_MCT_CONFIGS, MultiClassTokenViT, ViTConfig, tokens_to_map
 from wsss_bench.methods.more import NUM_EXTRA_TOKENS, select_more_keys
 from wsss_bench.segmenters.base import Segmenter, TestTimeSettings
@@ -55,11 +59,11 @@ class LargeFOV(nn.Module):
 class MoReSegNet(nn.Module):
     """``encoder`` (4 + K class tokens, K foreground classes) and ``decoder`` of MoRe's ``network``."""
 
-    def __init__(self, num_classes: int, config: ViTConfig | None = None):
+    def __init__(self, num_classes: int, config: ViTConfig | None = None, decoder_width: int = 512):
         super().__init__()
         cfg = config or ViTConfig()
         self.encoder = MultiClassTokenViT(NUM_EXTRA_TOKENS + num_classes - 1, cfg)
-        self.decoder = LargeFOV(cfg.embed_dim, num_classes)
+        self.decoder = LargeFOV(cfg.embed_dim, num_classes, width=decoder_width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes, H/16, W/16]`` (background first)."""
@@ -76,13 +80,18 @@ class MoReSegmenter(Segmenter):
                             "Supervised Semantic Segmentation, AAAI 2025")
     official_code: ClassVar[str] = "https://github.com/zwyang6/MoRe (tools/infer_seg_voc.py)"
     backbones: ClassVar[tuple[str, ...]] = ("vit_base_patch16", "vit_tiny_demo")
-    hyperparameters: ClassVar[dict[str, Any]] = {}
+    #: ``decoder_width``: LargeFOV's channels (512 in MoRe; smaller only for tests and benchmarks).
+    hyperparameters: ClassVar[dict[str, Any]] = {"decoder_width": 512}
     native: ClassVar[TestTimeSettings] = TestTimeSettings(
         name="native", scales=(1.0, 1.25, 1.5), flip=True, fusion="max", flip_fusion="sum",
-        fuse_at="image", input_size=448, align_corners=False)
+        fuse_at="image", input_size=448, align_corners=False, resize="float-size")
+    normalize_dtype: ClassVar[str] = "float64"
 
     def build(self) -> nn.Module:
-        self.model = MoReSegNet(self.num_classes, VIT_MCT_CONFIGS[self.backbone]).eval()
+        width = int(self.hparams["decoder_width"])
+        if width < 1:
+            raise WsssBenchError(f"segmenter 'more': decoder_width must be positive, got {width}")
+        self.model = MoReSegNet(self.num_classes, VIT_MCT_CONFIGS[self.backbone], width).eval()
         return self.model
 
     def filter_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

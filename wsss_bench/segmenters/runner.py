@@ -1,8 +1,9 @@
 """Final segmentation over a split: a segmenter under a test-time protocol, scored in one pass.
 
 :func:`run_segmentation` is what ``wsss-bench run --stage segmentation`` calls. It streams the
-split through a DataLoader (``workers`` processes decode images), groups same-size images into
-batches of up to ``batch_size``, runs :func:`wsss_bench.segmenters.tta.predict` on ``device``
+split through a DataLoader (``workers`` processes decode images and, under ``resize="opencv-uint8"``,
+make the uint8 views with OpenCV: :func:`wsss_bench.segmenters.tta.prepare_views`), groups
+same-size images into batches of up to ``batch_size``, runs :func:`predict_samples` on ``device``
 under ``precision`` autocast, and feeds each hard prediction to the
 :class:`~wsss_bench.metrics.confusion.ConfusionEvaluator`; nothing keeps all predictions in
 memory. Under ``torchrun`` each rank evaluates its shard and the confusion is summed
@@ -29,63 +30,77 @@ from torch.utils.data import DataLoader, Dataset
 from wsss_bench.data.base import Sample, SegDataset, fingerprint_of
 from wsss_bench.errors import CarryUserErrors, WsssBenchError, raise_carried
 from wsss_bench.inference import distributed as D
-from wsss_bench.inference.device import autocast_context, resolve_device
+from wsss_bench.inference.device import autocast_context, peak_memory, resolve_device
 from wsss_bench.io import write_index_png
 from wsss_bench.metrics.confusion import ConfusionEvaluator
 from wsss_bench.records import new_record
 from wsss_bench.segmenters.base import Segmenter, TestTimeSettings
-from wsss_bench.segmenters.tta import predict
+from wsss_bench.segmenters.tta import PreparedViews, decide, fused_scores, prepare_views, stack_views
 
 Progress = Callable[[int, int], None]
 
 
-class _Subset(Dataset):
-    def __init__(self, ds: SegDataset, indices: list[int]):
-        self.ds, self.indices = ds, indices
+class _Items(Dataset):
+    """Yields ``(sample, prepared views)`` per image index (runs in the DataLoader workers)."""
+
+    def __init__(self, ds: SegDataset, indices: list[int], settings: TestTimeSettings):
+        self.ds, self.indices, self.settings = ds, indices, settings
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> Sample:
-        return self.ds[self.indices[i]]
+    def __getitem__(self, i: int) -> tuple[Sample, PreparedViews]:
+        sample = self.ds[self.indices[i]]
+        return sample, prepare_views(sample.image, self.settings)
 
 
-def _batches(samples: Iterator[Sample], batch_size: int) -> Iterator[list[Sample]]:
-    """Group samples of the same image size into batches of at most ``batch_size``."""
-    pending: dict[tuple[int, ...], list[Sample]] = {}
-    for s in samples:
-        key = tuple(s.image.shape)
-        pending.setdefault(key, []).append(s)
+def _batches(items: Iterator[tuple[Sample, PreparedViews]], batch_size: int
+             ) -> Iterator[list[tuple[Sample, PreparedViews]]]:
+    """Group items whose images have the same size into batches of at most ``batch_size``."""
+    pending: dict[tuple[int, ...], list[tuple[Sample, PreparedViews]]] = {}
+    for item in items:
+        key = tuple(item[0].image.shape)
+        pending.setdefault(key, []).append(item)
         if len(pending[key]) >= batch_size:
             yield pending.pop(key)
     yield from pending.values()
 
 
-def predict_samples(segmenter: Segmenter, samples: list[Sample], settings: TestTimeSettings,
-                    device: torch.device | str = "cpu", precision: str = "fp32") -> list[np.ndarray]:
-    """uint8 class-index predictions [H, W] of same-size samples (one batch)."""
+def fused_samples(segmenter: Segmenter, samples: list[Sample], settings: TestTimeSettings,
+                  device: torch.device | str = "cpu", precision: str = "fp32",
+                  prepared: list[PreparedViews] | None = None) -> torch.Tensor:
+    """Fused scores [B, C, H, W] (float32; probabilities or logits, see
+    :func:`~wsss_bench.segmenters.tta.fused_scores`) of same-size samples (one batch).
+
+    ``prepared``: the samples' uint8 views from :func:`~wsss_bench.segmenters.tta.prepare_views` (made
+    here when not given and the settings need them).
+    """
     device = torch.device(device)
     raw = [s.image for s in samples]
+    if len({r.shape for r in raw}) != 1:
+        raise WsssBenchError("a batch needs images of one size")
     images = torch.from_numpy(np.stack(raw)).to(device)
     x = segmenter.normalize(images)
+    if prepared is None:
+        prepared = [prepare_views(r, settings) for r in raw]
+    views = stack_views(prepared, segmenter.normalize, device)
 
     def logits_fn(v: torch.Tensor) -> torch.Tensor:
         with autocast_context(device, precision):
             return segmenter.logits(v)
 
     with torch.no_grad():
-        pred = predict(logits_fn, x, settings, raw_images=raw if settings.crf is not None else None)
+        return fused_scores(logits_fn, x, settings, views=views)
+
+
+def predict_samples(segmenter: Segmenter, samples: list[Sample], settings: TestTimeSettings,
+                    device: torch.device | str = "cpu", precision: str = "fp32",
+                    prepared: list[PreparedViews] | None = None) -> list[np.ndarray]:
+    """uint8 class-index predictions [H, W] of same-size samples (one batch)."""
+    fused = fused_samples(segmenter, samples, settings, device, precision, prepared)
+    raw = [s.image for s in samples] if settings.crf is not None else None
+    pred = decide(fused, settings, raw)
     return [p.to(torch.uint8).cpu().numpy() for p in pred]
-
-
-def _peak_memory_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (1024.0 if sys.platform != "darwin" else 1024.0**2), 1)
 
 
 def run_segmentation(segmenter: Segmenter, dataset: SegDataset, settings: str | TestTimeSettings = "standard",
@@ -112,6 +127,10 @@ def run_segmentation(segmenter: Segmenter, dataset: SegDataset, settings: str | 
     ground truth nothing is scored: it returns ``(info, None)`` with ``info`` =
     ``{"kind": "export", "predictions": DIR, "export": PATH or None, "num_images": N}``. Under
     ``torchrun`` only rank 0 returns results; other ranks return ``(None, None)``.
+
+    ``timings`` (in both): ``images_per_second``, ``seconds``, ``peak_rss_mb`` (the process) and
+    ``peak_device_memory_mb`` (CUDA, else None), as the pseudo-label runner records them
+    (:func:`wsss_bench.inference.device.peak_memory`; under ``torchrun`` the maximum over ranks).
     """
     if batch_size < 1:
         raise WsssBenchError(f"batch_size must be >= 1, got {batch_size}")
@@ -154,7 +173,7 @@ def _run(segmenter: Segmenter, ds: SegDataset, s: TestTimeSettings, dev: torch.d
     try:
         index = {image_id: i for i, image_id in enumerate(ds.ids)}
         my_ids = D.shard(ids, info)
-        loader = raise_carried(DataLoader(CarryUserErrors(_Subset(ds, [index[i] for i in my_ids])), batch_size=None,
+        loader = raise_carried(DataLoader(CarryUserErrors(_Items(ds, [index[i] for i in my_ids], s)), batch_size=None,
                                           shuffle=False, num_workers=workers, collate_fn=lambda x: x,
                                           prefetch_factor=4 if workers else None))
         ev = ConfusionEvaluator(ds.classes.num_classes, device=dev)
@@ -163,8 +182,9 @@ def _run(segmenter: Segmenter, ds: SegDataset, s: TestTimeSettings, dev: torch.d
         for group in _batches(iter(loader), batch_size):
             if t0 is None:
                 t0 = time.perf_counter()
-            preds = predict_samples(segmenter, group, s, dev, precision)
-            for sample, pred in zip(group, preds, strict=True):
+            samples = [item[0] for item in group]
+            preds = predict_samples(segmenter, samples, s, dev, precision, [item[1] for item in group])
+            for sample, pred in zip(samples, preds, strict=True):
                 if pred_dir is not None:
                     write_index_png(pred_dir / f"{sample.id}.png", pred, ds.classes.palette)
                 if scored:
@@ -179,11 +199,9 @@ def _run(segmenter: Segmenter, ds: SegDataset, s: TestTimeSettings, dev: torch.d
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - t0 if t0 is not None else 0.0
         seconds = D.all_max_float(seconds, info)
-        peak = _peak_memory_mb(dev)
-        peak = D.all_max_float(peak, info) if peak is not None else None
+        peaks = {k: (D.all_max_float(v, info) if v is not None else None) for k, v in peak_memory(dev).items()}
         timings = {"images_per_second": round(len(ids) / seconds, 3) if seconds > 0 else None,
-                   "seconds": round(seconds, 3), "peak_memory_mb": peak,
-                   "peak_memory_kind": "device" if dev.type == "cuda" else "process RSS",
+                   "seconds": round(seconds, 3), **peaks,
                    "world_size": info.world_size, "batch_size": batch_size, "workers": workers,
                    "precision": precision}
 
