@@ -239,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _click.exceptions.ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":
-            # a group called alone (``wsss-bench``, ``wsss-bench datasets``) shows its help; a command
-            # with required arguments called without them shows its help as a usage error
-            group = isinstance(e.ctx.command, typer.core.TyperGroup)
-            print(e.format_message(), file=sys.stdout if group else sys.stderr)
-            return 0 if group else 2
+            # a group called alone (``wsss-bench``, ``wsss-bench datasets``) shows its help (exit 0); a
+            # command with required options called without any shows its help too, with exit code 2.
+            # (typer's rich mode has already drawn the help on stdout; plain mode returns it here.)
+            text = e.format_message()
+            if text.strip():
+                print(text)
+            return 0 if isinstance(e.ctx.command, typer.core.TyperGroup) else 2
         if isinstance(e, _click.exceptions.UsageError):
             print(f"error: {usage_error_line(e, argv)}", file=sys.stderr)
             return 2

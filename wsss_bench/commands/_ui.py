@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 console = Console(stderr=False, highlight=False)
@@ -24,9 +25,11 @@ err_console = Console(stderr=True, highlight=False)
 #: ``WSSS_BENCH_PROGRESS``: ``bar`` (rich bar, the default on a terminal), ``log`` (plain lines, the
 #: default otherwise) or ``off``.
 PROGRESS_ENV = "WSSS_BENCH_PROGRESS"
-#: Log-line progress: a line at every ``LOG_STEP`` of the total and at least every ``LOG_SECONDS``.
+#: Log-line progress: a line at every ``LOG_STEP`` of the total, at least every ``LOG_SECONDS``, and
+#: never two lines within ``LOG_MIN_SECONDS`` (work shorter than that prints no progress at all).
 LOG_STEP = 0.10
 LOG_SECONDS = 30.0
+LOG_MIN_SECONDS = 5.0
 
 
 def progress_mode(stream: TextIO | None = None) -> str:
@@ -53,15 +56,19 @@ def fmt_duration(seconds: float) -> str:
 
 class LogProgress:
     """Progress as plain lines for logs: ``name: 146/1464 images (10%), 12.3 images/s, 0:12 elapsed,
-    eta 1:47``, one at every 10 % of the total, at least every 30 s while work goes on, and one at
-    the end. The rate counts from the first update, so start-up (model loading) does not dilute it."""
+    eta 1:47``, one at every 10 % of the total and at least every 30 s while work goes on, never two
+    within 5 s, and one at the end of work that lasted 5 s or more. Work shorter than 5 s prints
+    nothing. The rate counts from the first update, so start-up (model loading) does not dilute it."""
 
     def __init__(self, description: str, total: int | None, unit: str = "images",
                  write: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 step: float = LOG_STEP, seconds: float = LOG_SECONDS):
+                 step: float | None = None, seconds: float | None = None, min_seconds: float | None = None):
         self.description, self.total, self.unit = description, total, unit
         self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.clock, self.step, self.seconds = clock, step, seconds
+        self.clock = clock
+        self.step = LOG_STEP if step is None else step
+        self.seconds = LOG_SECONDS if seconds is None else seconds
+        self.min_seconds = LOG_MIN_SECONDS if min_seconds is None else min_seconds
         self.t0 = clock()
         self.first: tuple[float, int] | None = None  # (time, done) of the first update
         self.done = 0
@@ -101,10 +108,12 @@ class LogProgress:
         total = self.total
         bucket = int(done / total / self.step + 1e-9) if total else 0
         complete = bool(total) and done >= total
+        quiet = now - self.last_line_t < self.min_seconds
         if complete and not self.finished:
             self.finished = True
-            self._emit(now, bucket)
-        elif not complete and (bucket > self.last_bucket or now - self.last_line_t >= self.seconds):
+            if now - self.t0 >= self.min_seconds:
+                self._emit(now, bucket)
+        elif not complete and not quiet and (bucket > self.last_bucket or now - self.last_line_t >= self.seconds):
             self._emit(now, bucket)
 
     def _emit(self, now: float, bucket: int) -> None:
@@ -112,9 +121,11 @@ class LogProgress:
         self.last_line_t, self.last_bucket, self.written = now, max(bucket, self.last_bucket), self.done
 
     def close(self) -> None:
-        """A last line when the count moved since the last one (an unknown total, or work that stopped early)."""
-        if self.first is not None and self.done != self.written:
-            self.write(self.line(self.clock()))
+        """A last line for work of unknown total that lasted long enough to have printed progress."""
+        now = self.clock()
+        if not self.finished and self.first is not None and self.done != self.written and \
+                now - self.t0 >= self.min_seconds:
+            self.write(self.line(now))
 
 
 @contextlib.contextmanager
@@ -124,10 +135,8 @@ def progress_bar(description: str, total: int | None = None, unit: str = "images
     mode = progress_mode()
     if mode == "log":
         log = LogProgress(description, total, unit)
-        try:
-            yield log.update
-        finally:
-            log.close()
+        yield log.update
+        log.close()  # not after an error: the error's own line is the last word
         return
     from rich.progress import (
         BarColumn,
@@ -170,8 +179,6 @@ class _Indent:
         self.inner = inner
 
     def __rich_console__(self, console: Console, options: Any) -> Any:
-        from rich.padding import Padding
-
         yield Padding(self.inner, (0, 0, 0, 2))
 
 
@@ -220,22 +227,53 @@ def run_label(r: dict[str, Any]) -> str:
 
 SUMMARY_NOTE = ("best: mIoU at the best sweep threshold t; calibrated: t chosen on a held-out part; "
                 "native: at the method's own threshold")
+SUMMARY_TITLE = "wsss-bench: pseudo-label quality (mIoU %)"
+#: Below this width the summary is one block per run instead of a table.
+SUMMARY_MIN_TABLE_WIDTH = 72
 
 
-def summary_table(records: list[dict[str, Any]]) -> Table:
-    """Pseudo-label runs ranked by best mIoU. Fits 80 columns: short headers, names wrap instead of
-    being cut, and a run's method and settings show under its name only when the name does not say them."""
-    t = Table(title="wsss-bench: pseudo-label quality (mIoU %)", caption=SUMMARY_NOTE, header_style="bold",
-              caption_justify="left")
-    t.add_column("run", overflow="fold", min_width=12)
-    for col in ("best", "t", "calibrated", "native", "images/s"):
-        t.add_column(col, justify="right", no_wrap=True)
-    for r in sorted(records, key=lambda r: -(r["metrics"]["miou"] or 0)):
-        if r["kind"] != "pseudo_label":
-            continue
-        ips = (r.get("timings") or {}).get("images_per_second")
-        t.add_row(run_label(r), pct(r["metrics"]["miou"]),
-                  f"{r['best_threshold']:.2f}" if r.get("best_threshold") is not None else "-",
-                  pct((r.get("calibrated") or {}).get("miou")), pct((r.get("native") or {}).get("miou")),
-                  f"{ips:.1f}" if ips else "-")
-    return t
+def _ranked(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((r for r in records if r["kind"] == "pseudo_label"), key=lambda r: -(r["metrics"]["miou"] or 0))
+
+
+def _cells(r: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    ips = (r.get("timings") or {}).get("images_per_second")
+    return (pct(r["metrics"]["miou"]), f"{r['best_threshold']:.2f}" if r.get("best_threshold") is not None else "-",
+            pct((r.get("calibrated") or {}).get("miou")), pct((r.get("native") or {}).get("miou")),
+            f"{ips:.1f}" if ips else "-")
+
+
+class SummaryTable:
+    """Pseudo-label runs ranked by best mIoU, readable at any width: a table with short headers
+    whose run names wrap instead of being cut, and one block per run when narrower than
+    :data:`SUMMARY_MIN_TABLE_WIDTH` columns. A run's method and settings show under its name only
+    when the name does not say them."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.records = _ranked(records)
+
+    def table(self) -> Table:
+        t = Table(title=SUMMARY_TITLE, caption=SUMMARY_NOTE, header_style="bold", caption_justify="left")
+        t.add_column("run", overflow="fold", min_width=12)
+        for col in ("best", "t", "calibrated", "native", "images/s"):
+            t.add_column(col, justify="right", no_wrap=True)
+        for r in self.records:
+            t.add_row(run_label(r), *_cells(r))
+        return t
+
+    def blocks(self) -> Group:
+        lines: list[RenderableType] = [f"[bold]{SUMMARY_TITLE}[/bold]"]
+        for i, r in enumerate(self.records, 1):
+            best, t, cal, nat, ips = _cells(r)
+            lines.append(f"{i}. " + run_label(r).replace("\n", " ").replace("[dim]", "[dim](").replace("[/dim]", ")[/dim]"))
+            lines.append(Padding(f"best {best} (t {t}), calibrated {cal}, native {nat}; {ips} images/s", (0, 0, 0, 3)))
+        lines.append(SUMMARY_NOTE)
+        return Group(*lines)
+
+    def __rich_console__(self, console: Console, options: Any) -> Iterator[RenderableType]:
+        yield self.table() if options.max_width >= SUMMARY_MIN_TABLE_WIDTH else self.blocks()
+
+
+def summary_table(records: list[dict[str, Any]]) -> SummaryTable:
+    """The results table of ``run`` and the demo (see :class:`SummaryTable`)."""
+    return SummaryTable(records)

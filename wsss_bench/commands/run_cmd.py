@@ -93,10 +93,12 @@ def preflight(cfg: Any) -> None:
     segmenter exists and takes the backbone and hyper-parameters given. Writes nothing."""
     from wsss_bench.data import DATASET_OPTIONS
     from wsss_bench.data.layout import check_options
+    from wsss_bench.inference.device import resolve_device
     from wsss_bench.inference.runner import check_output_folder
     from wsss_bench.plugins import resolve_backbone, resolve_hparams
 
     cfg.validate()
+    resolve_device(cfg.device)
     outputs = [("--out", cfg.out)]
     if cfg.stage == "segmentation":
         outputs.append(("--save-pred", cfg.save_pred))
@@ -221,9 +223,9 @@ def run_command(
     """
     given = _given(ctx)
     if thresholds_alias is not None:
-        err_console.print("warning: --thresholds is deprecated; use --num-thresholds", markup=False)
         if not 1 <= thresholds_alias <= MAX_THRESHOLDS:
             raise WsssBenchError(f"--num-thresholds must be in 1..{MAX_THRESHOLDS}, got {thresholds_alias}")
+        err_console.print("warning: --thresholds is deprecated; use --num-thresholds", markup=False)
         num_thresholds = thresholds_alias
         given = [g if g != "thresholds_alias" else "num_thresholds" for g in given]
     if config is None and method is None and segmenter is None and "stage" not in given:
