@@ -88,6 +88,7 @@ CASES = [
     (["compare", "a.json", "b.json", "--samples", "lots"], ["'--samples'", "'lots'"]),
     (["export-voc-test", "preds", "--comp"], ["--comp", "requires an argument"]),
     (["demo", "train", "--seed", "x", "--out", "o"], ["'--seed'", "'x'"]),
+    (["demo", "train", "--out", "o", "--method", "foo"], ["'--method'", "'foo'", "'cam'", "'more'"]),
     (["demo", "trian"], ["No such command 'trian'", "Did you mean 'train'?"]),
 ]
 

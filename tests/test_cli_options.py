@@ -65,6 +65,9 @@ def test_choice_enums_match_the_values_the_code_accepts():
     assert values(O.Crowd) == DATASET_OPTIONS["coco"]["crowd"]
     assert values(O.MaskIds) == DATASET_OPTIONS["coco"]["mask_ids"]
     assert O.MAX_THRESHOLDS == C.MAX_THRESHOLDS
+    from wsss_bench.demo.train import DEMO_MODELS
+
+    assert values(O.DemoModel) == tuple(DEMO_MODELS)
 
 
 def test_choice_members_read_as_their_plain_values():

@@ -51,6 +51,8 @@ Refine = choice_enum("Refine", ("crf", "saliency", "crf+saliency"))
 VocLabels = choice_enum("VocLabels", ("mask", "xml"))
 Crowd = choice_enum("Crowd", ("ignore", "background"))
 MaskIds = choice_enum("MaskIds", ("contiguous", "coco"))
+#: The demo's small models (``wsss_bench.demo.train.DEMO_MODELS``)
+DemoModel = choice_enum("DemoModel", ("cam", "edam", "getam", "ad-cam", "more"))
 #: ``eval --labels``: the image label set comes from the ground truth or from the map files
 LabelSource = choice_enum("LabelSource", ("gt", "maps"))
 

@@ -168,7 +168,7 @@ def detail_block(title: str, rows: list[tuple[str, str]]) -> RenderableType:
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column(overflow="fold")
     for key, value in rows:
-        grid.add_row(key, escape(str(value)))
+        grid.add_row(key, escape(str(value)) if value not in (None, "") else "-")
     return Group(f"[bold]{escape(title)}[/bold]", _Indent(grid), "")
 
 
