@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from wsss_bench.commands._options import Crowd, Dataset, MaskIds, VocLabels, value_of
 from wsss_bench.commands._ui import console, progress_bar
 from wsss_bench.errors import WsssBenchError
 
@@ -28,22 +29,22 @@ def _split_list(split: str | None) -> list[str] | None:
 
 @datasets_app.command("check", no_args_is_help=True)
 def check_command(
-    dataset: str = typer.Option(..., "--dataset", help="voc, coco or synthetic."),
+    dataset: Dataset = typer.Option(..., "--dataset", help="Dataset layout to check."),
     data_root: Path = typer.Option(..., "--data-root", help="Dataset root (VOC: the folder holding "
                                    "JPEGImages/; COCO: the folder holding train2014/, val2014/, annotations/)."),
     split: str = typer.Option(None, "--split", help="Split(s) to check, comma-separated (default: every "
                               "split found: VOC train,val,test[,train_aug]; COCO train,val)."),
-    labels: str = typer.Option(None, "--labels", help="VOC image labels: mask (default) or xml (also checks "
-                               "Annotations/*.xml)."),
-    crowd: str = typer.Option(None, "--crowd", help="COCO: crowd rule the cache must have been built with "
-                              "(ignore or background)."),
+    labels: VocLabels = typer.Option(None, "--labels", show_default=False, help="VOC image labels: mask "
+                                     "(default) or xml (also checks Annotations/*.xml)."),
+    crowd: Crowd = typer.Option(None, "--crowd", show_default=False, help="COCO: crowd rule the cache must have "
+                                "been built with."),
     masks: Path = typer.Option(None, "--masks", help="COCO: folder of pre-converted masks instead of the cache."),
-    mask_ids: str = typer.Option(None, "--mask-ids", help="COCO --masks values: contiguous (1..80) or coco "
-                                 "(raw category ids, remapped)."),
+    mask_ids: MaskIds = typer.Option(None, "--mask-ids", show_default=False, help="COCO --masks values: "
+                                     "contiguous (1..80) or coco (raw category ids, remapped)."),
     cache: Path = typer.Option(None, "--cache", help="COCO mask cache (default <data-root>/wsss-bench-masks)."),
     keep_empty: bool = typer.Option(None, "--keep-empty/--drop-empty", help="COCO: keep images without "
                                     "annotations (default: dropped, as the protocol says)."),
-    workers: int = typer.Option(2, "--workers", help="Worker processes."),
+    workers: int = typer.Option(2, "--workers", min=0, metavar="N", help="Worker processes."),
     quick: bool = typer.Option(False, "--quick", help="Read image headers only (skip full JPEG decoding)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report as JSON to this file."),
 ) -> None:
@@ -62,9 +63,10 @@ def check_command(
         def prog(split_name: str, done: int, total: int) -> None:
             update(done, total)
 
-        report = check_dataset(dataset, data_root, _split_list(split), workers=workers,
-                               decode_images=not quick, progress=prog, labels=labels, crowd=crowd,
-                               masks=masks, mask_ids=mask_ids, cache=cache, keep_empty=keep_empty)
+        report = check_dataset(value_of(dataset), data_root, _split_list(split), workers=workers,
+                               decode_images=not quick, progress=prog, labels=value_of(labels),
+                               crowd=value_of(crowd), masks=masks, mask_ids=value_of(mask_ids), cache=cache,
+                               keep_empty=keep_empty)
     sizes = ", ".join(f"{k} {v}" for k, v in report.splits.items()) or "none opened"
     console.print(f"{report.dataset} at {report.root}: splits {sizes}; {report.images_checked} images checked")
     ordered = report.errors + report.warnings
@@ -91,8 +93,9 @@ def prepare_command(
     split: str = typer.Option("train,val", "--split", help="Split(s), comma-separated: train, val."),
     cache: Path = typer.Option(None, "--cache", help="Cache folder (default <data-root>/wsss-bench-masks); "
                                "masks go to <cache>/<split>2014/<id>.png with a manifest.json."),
-    crowd: str = typer.Option("ignore", "--crowd", help="Crowd regions: ignore (255, default) or background."),
-    workers: int = typer.Option(None, "--workers", help="Worker processes (default: all CPU cores)."),
+    crowd: Crowd = typer.Option(Crowd("ignore"), "--crowd", help="Crowd regions: ignore (255) or background."),
+    workers: int = typer.Option(None, "--workers", min=1, metavar="N",
+                                help="Worker processes (default: all CPU cores)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the cache is up to date."),
 ) -> None:
     """Build and cache the COCO 2014 semantic masks (worker processes).
@@ -109,7 +112,7 @@ def prepare_command(
 
     for s in _split_list(split) or []:
         with progress_bar(f"coco {s} masks") as update:
-            res = prepare_coco_masks(data_root, s, cache=cache, crowd=crowd, workers=workers, force=force,
+            res = prepare_coco_masks(data_root, s, cache=cache, crowd=value_of(crowd), workers=workers, force=force,
                                      progress=update)
         if res.status == "up to date":
             console.print(f"coco {s}: cache up to date ({res.num_images} images) at {res.cache}")
@@ -124,10 +127,10 @@ def prepare_command(
 def synth_command(
     out: Path = typer.Option(..., "--out", help="Folder to write (VOC layout); replaced if it holds an older "
                              "synthetic set, refused if it holds anything else."),
-    images: int = typer.Option(200, "--images", help="Number of images (every 4th goes to val)."),
+    images: int = typer.Option(200, "--images", min=4, metavar="N", help="Number of images (every 4th goes to val)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
-    min_size: int = typer.Option(96, "--min-size", help="Smallest image side in pixels."),
-    max_size: int = typer.Option(128, "--max-size", help="Largest image side in pixels."),
+    min_size: int = typer.Option(96, "--min-size", min=1, metavar="PX", help="Smallest image side in pixels."),
+    max_size: int = typer.Option(128, "--max-size", min=1, metavar="PX", help="Largest image side in pixels."),
 ) -> None:
     """Generate the synthetic shapes dataset in VOC layout (deterministic from --seed).
 

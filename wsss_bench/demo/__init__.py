@@ -106,6 +106,15 @@ def default_jobs(device: str) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def run_images(cfg: Any) -> int:
+    """Images a run will score (its split, cut by ``limit``): known before it starts, so that the
+    demo's progress has its whole total from the start."""
+    from wsss_bench.data import build_dataset
+
+    n = len(build_dataset(cfg.dataset, cfg.data_root, cfg.split, **cfg.dataset_options).ids)
+    return min(n, cfg.limit) if cfg.limit else n
+
+
 def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
     """Run ``runs`` and return their records in order.
 
@@ -118,11 +127,16 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
     from wsss_bench.errors import WsssBenchError
     from wsss_bench.inference import run_method
 
+    sizes = {cfg.name: run_images(cfg) for cfg in runs}
+    total = sum(sizes.values())
+    label = f"demo: {len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else "")
     if jobs <= 1:
         records = []
-        for cfg in runs:
-            with progress_bar(f"demo: {cfg.name}") as update:
-                records.append(run_method(cfg, progress=update).record)
+        with progress_bar(label, total) as update:
+            offset = 0
+            for cfg in runs:
+                records.append(run_method(cfg, progress=lambda done, _t, o=offset: update(o + done)).record)
+                offset += sizes[cfg.name]
         return records
 
     import multiprocessing as mp
@@ -134,10 +148,9 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
              if cfg.save_cams and not cfg.fresh and cfg.save_cams in writers}
     ctx = mp.get_context("spawn")  # no fork after torch has started its thread pools
     records: dict[str, dict[str, Any]] = {}
-    total_images: dict[str, int] = {}
     done_images: dict[str, int] = {}
     with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
-            progress_bar(f"demo: {len(runs)} runs, {jobs} at a time") as update:
+            progress_bar(label, total) as update:
         q = manager.Queue()
         # the runs are the parallelism: no DataLoader worker processes inside them
         pending = {cfg.name: dataclasses.replace(cfg, workers=0) for cfg in runs}
@@ -152,12 +165,13 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
         def drain() -> None:
             while True:
                 try:
-                    name, d, t = q.get_nowait()
+                    name, d, _t = q.get_nowait()
                 except queue_mod.Empty:
                     break
-                done_images[name], total_images[name] = d, t
-            # the bar counts images over every run (a run's total is known once it starts)
-            update(sum(done_images.values()), max(sum(total_images.values()), 1) if total_images else None)
+                done_images[name] = d
+            # the bar counts images over every run, against the total of all runs known up front
+            if done_images:
+                update(sum(done_images.values()))
 
         submit_ready()
         while running:
