@@ -1,7 +1,7 @@
 """wsss-bench: one declared protocol for weakly-supervised semantic segmentation benchmarks."""
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 from wsss_bench.errors import WsssBenchError  # noqa: E402
 

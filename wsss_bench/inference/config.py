@@ -96,7 +96,7 @@ class RunConfig:
         if self.limit is not None and self.limit < 1:
             raise WsssBenchError(f"--limit must be >= 1, got {self.limit}")
         if not 1 <= self.num_thresholds <= MAX_THRESHOLDS:
-            raise WsssBenchError(f"--thresholds must be in 1..{MAX_THRESHOLDS}, got {self.num_thresholds}")
+            raise WsssBenchError(f"--num-thresholds must be in 1..{MAX_THRESHOLDS}, got {self.num_thresholds}")
         if self.scales is not None:
             bad = [s for s in self.scales if not (math.isfinite(s) and 0 < s <= 8)]
             if not self.scales or bad:
@@ -123,6 +123,8 @@ class RunConfig:
                 raise WsssBenchError(f"--refine {self.refine} needs --saliency DIR (one <id>.png per image)")
         if self.stage == "segmentation" and not self.segmenter:
             raise WsssBenchError("--stage segmentation needs --segmenter NAME (see `wsss-bench methods`)")
+        if self.stage == "segmentation" and not self.checkpoint:
+            raise WsssBenchError(f"segmenter {self.segmenter!r} needs --checkpoint")
         if self.stage == "pseudo" and not self.method:
             raise WsssBenchError("a pseudo-label run needs --method NAME (see `wsss-bench methods`)")
 
