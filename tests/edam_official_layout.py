@@ -1,4 +1,4 @@
-"""Test data: the state-dict layout of the official EDAM and PSA ResNet-38 models.
+"""Test data: the state-dict layout and forward of the official EDAM and PSA ResNet-38 models.
 
 Transcribed by hand from the official model files, independently of ``wsss_bench``:
 - jiwoon-ahn/psa and allenwu97/EDAM ``network/resnet38d.py``: ``Net.__init__`` (the block
@@ -19,6 +19,9 @@ PSA's ImageNet initialisation (converted from MXNet by ``convert_mxnet_to_torch`
 """
 
 from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
 
 # Net.__init__ of resnet38d.py, in order: (name, class, positional args, keyword args)
 RESNET38D_BLOCKS = [
@@ -108,3 +111,43 @@ def edam_released_keys(div: int = 1, n_channels: int = 21) -> list[tuple[str, tu
     """Every key of EDAM's released state dict (PyTorch 1.1: with BN counters)."""
     return (resnet38d_keys(div, counters=True) + [("mask_layer.weight", (n_channels, 4096 // div, 3, 3))]
             + edam_training_only_keys(div))
+
+
+def resnet38d_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, final_relu: bool) -> torch.Tensor:
+    """``resnet38d.Net.forward`` (``forward_as_dict(x)['conv6']``) step by step with F.* calls on a
+    state dict: ``ResBlock.forward`` / ``ResBlock_bot.forward`` (pre-activation ``bn_branch2a`` +
+    ReLU feeds both branches; ``conv_branch1`` only where the shape changes, else the identity),
+    dropout inactive (eval), ``bn7`` with (PSA) or without (EDAM) the ReLU after it."""
+    def bn(prefix, t):
+        return F.batch_norm(t, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
+                            sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], training=False, eps=1e-5)
+
+    x = F.conv2d(x, sd["conv1a.weight"], padding=1)
+    for name, cls, _args, kw in RESNET38D_BLOCKS:
+        stride = kw.get("stride", 1)
+        dilation = kw.get("dilation", 1)
+        a = F.relu(bn(f"{name}.bn_branch2a", x))
+        if cls == "ResBlock":
+            first = kw.get("first_dilation", dilation)
+            branch1 = F.conv2d(a, sd[f"{name}.conv_branch1.weight"], stride=stride) \
+                if f"{name}.conv_branch1.weight" in sd else x
+            b = F.conv2d(a, sd[f"{name}.conv_branch2a.weight"], stride=stride, padding=first, dilation=first)
+            b = F.relu(bn(f"{name}.bn_branch2b1", b))
+            b = F.conv2d(b, sd[f"{name}.conv_branch2b1.weight"], padding=dilation, dilation=dilation)
+        else:
+            branch1 = F.conv2d(a, sd[f"{name}.conv_branch1.weight"], stride=stride)
+            b = F.conv2d(a, sd[f"{name}.conv_branch2a.weight"], stride=stride)
+            b = F.relu(bn(f"{name}.bn_branch2b1", b))
+            b = F.conv2d(b, sd[f"{name}.conv_branch2b1.weight"], padding=dilation, dilation=dilation)
+            b = F.relu(bn(f"{name}.bn_branch2b2", b))
+            b = F.conv2d(b, sd[f"{name}.conv_branch2b2.weight"])
+        x = branch1 + b
+    x = bn("bn7", x)
+    return F.relu(x) if final_relu else x
+
+
+def edam_forward_cam(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``resnet38_EDAM_cls.Net.forward_cam``: ResNet-38 without the final ReLU, ``mask_layer`` (3x3,
+    padding 1, no bias), ``F.normalize`` over channels (p 2, eps 1e-12), absolute value."""
+    mask = F.conv2d(resnet38d_forward(sd, x, final_relu=False), sd["mask_layer.weight"], padding=1)
+    return torch.abs(F.normalize(mask))

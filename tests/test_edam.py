@@ -96,6 +96,21 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     assert "unexpected keys: classifier.weight" in msg
 
 
+def test_only_the_four_training_only_modules_are_ignored(tmp_path):
+    """Keys that merely resemble a training-only module, or any other extra module, are errors."""
+    state = _released_state(div=8)
+    state["d_d2.weight"] = torch.zeros(1)
+    state["embeddings.weight"] = torch.zeros(1)
+    state["cls_head.weight"] = torch.zeros(20, 512, 1, 1)
+    path = tmp_path / "extra.pth"
+    torch.save(state, path)
+    with pytest.raises(WsssBenchError) as err:
+        EDAMAdapter(num_classes=20, backbone=NARROW).load_checkpoint(str(path))
+    msg = str(err.value)
+    assert "unexpected keys:" in msg and all(k in msg for k in ("d_d2.weight", "embeddings.weight", "cls_head.weight"))
+    assert "missing keys" not in msg
+
+
 def test_voc_checkpoint_on_a_coco_adapter_is_a_shape_error(tmp_path):
     path = tmp_path / "voc.pth"
     torch.save(_released_state(div=8, n_channels=21), path)

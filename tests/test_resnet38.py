@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from edam_official_layout import RESNET38D_BLOCKS, resnet38d_keys
+from edam_official_layout import resnet38d_forward, resnet38d_keys
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.methods.backbones.resnet38 import ResNet38, filter_psa_imagenet
@@ -54,36 +53,6 @@ def test_output_stride_is_8_and_channels_are_4096_times_width():
             assert out.shape == (1, 256, eh, ew)
 
 
-def _reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, final_relu: bool) -> torch.Tensor:
-    """resnet38d.Net.forward written step by step from the official file with F.* calls."""
-    def bn(prefix, t):
-        return F.batch_norm(t, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
-                            sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], training=False, eps=1e-5)
-
-    x = F.conv2d(x, sd["conv1a.weight"], padding=1)
-    for name, cls, _args, kw in RESNET38D_BLOCKS:
-        stride = kw.get("stride", 1)
-        dilation = kw.get("dilation", 1)
-        a = F.relu(bn(f"{name}.bn_branch2a", x))
-        if cls == "ResBlock":
-            first = kw.get("first_dilation", dilation)
-            branch1 = F.conv2d(a, sd[f"{name}.conv_branch1.weight"], stride=stride) \
-                if f"{name}.conv_branch1.weight" in sd else x
-            b = F.conv2d(a, sd[f"{name}.conv_branch2a.weight"], stride=stride, padding=first, dilation=first)
-            b = F.relu(bn(f"{name}.bn_branch2b1", b))
-            b = F.conv2d(b, sd[f"{name}.conv_branch2b1.weight"], padding=dilation, dilation=dilation)
-        else:
-            branch1 = F.conv2d(a, sd[f"{name}.conv_branch1.weight"], stride=stride)
-            b = F.conv2d(a, sd[f"{name}.conv_branch2a.weight"], stride=stride)
-            b = F.relu(bn(f"{name}.bn_branch2b1", b))
-            b = F.conv2d(b, sd[f"{name}.conv_branch2b1.weight"], padding=dilation, dilation=dilation)
-            b = F.relu(bn(f"{name}.bn_branch2b2", b))
-            b = F.conv2d(b, sd[f"{name}.conv_branch2b2.weight"])
-        x = branch1 + b
-    x = bn("bn7", x)
-    return F.relu(x) if final_relu else x
-
-
 @pytest.mark.parametrize("final_relu", [False, True])
 def test_forward_equals_step_by_step_official_forward(final_relu):
     torch.manual_seed(0)
@@ -92,7 +61,7 @@ def test_forward_equals_step_by_step_official_forward(final_relu):
     x = torch.randn(2, 3, 48, 56)
     with torch.no_grad():
         ours = model(x)
-        ref = _reference_forward(model.state_dict(), x, final_relu)
+        ref = resnet38d_forward(model.state_dict(), x, final_relu)
     assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-4)
     if not final_relu:
         assert (ours < 0).any()  # EDAM's variant: no ReLU after bn7

@@ -1,4 +1,5 @@
-"""The inference runner and the CAM baseline: IRN layout, plug-ins, resume, pseudo labels."""
+"""The inference runner and the CAM baseline: plain timm layout, plug-ins, resume, pseudo labels (IRN's
+layout and maps: tests/test_fidelity_cam.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-import torchvision
 from cam_helpers import write_tiny_cam_checkpoint
 from PIL import Image
 
@@ -31,111 +30,6 @@ def synth(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_cam_ckpt(tmp_path_factory):
     return write_tiny_cam_checkpoint(tmp_path_factory.mktemp("ckpt") / "cam_tiny.pth", seed=0)
-
-
-def irn_state_dict(num_classes: int = 20) -> dict[str, torch.Tensor]:
-    """A state dict in IRN's exact layout for resnet50_cam.Net, built from torchvision's ResNet-50
-    names (an independent library) and IRN's module structure (jiwoon-ahn/irn net/resnet50_cam.py):
-    resnet50.* plus the same tensors under stage1..4, backbone.<i> and newly_added.0."""
-    g = torch.Generator().manual_seed(0)
-    tv = torchvision.models.resnet50(weights=None).state_dict()
-    state: dict[str, torch.Tensor] = {}
-    for k, v in tv.items():
-        if k.startswith("fc."):
-            continue  # IRN's ResNet has no fc
-        if v.dtype.is_floating_point:
-            if k.endswith("running_var"):
-                v = torch.rand(v.shape, generator=g) + 0.5
-            elif "bn" in k or "downsample.1" in k:
-                v = torch.randn(v.shape, generator=g) * 0.1 + (1.0 if k.endswith("weight") else 0.0)
-            else:
-                v = torch.randn(v.shape, generator=g) * (2.0 / max(1, v[0].numel())) ** 0.5
-        state[f"resnet50.{k}"] = v
-    # stage1 = Sequential(conv1, bn1, relu, maxpool, layer1); stage2..4 = Sequential(layerN)
-    dup: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        k = k[len("resnet50."):]
-        if k.startswith("conv1."):
-            dup["stage1.0." + k[6:]] = v
-        elif k.startswith("bn1."):
-            dup["stage1.1." + k[4:]] = v
-        elif k.startswith("layer1."):
-            dup["stage1.4." + k[7:]] = v
-        else:
-            n = int(k[5])
-            dup[f"stage{n}.0." + k[7:]] = v
-    state.update(dup)
-    for k, v in dup.items():  # backbone = ModuleList([stage1, ..., stage4])
-        n = int(k[5])
-        state[f"backbone.{n - 1}." + k[7:]] = v
-    w = torch.randn(num_classes, 2048, 1, 1, generator=g) * 0.05
-    state["classifier.weight"] = w
-    state["newly_added.0.weight"] = w
-    return state
-
-
-def _pil_rescale(image: np.ndarray, scale: float) -> np.ndarray:
-    """IRN ``misc/imutils.py`` ``pil_rescale``: Pillow bicubic to (round(h * s), round(w * s))."""
-    h, w = image.shape[:2]
-    size = (int(np.round(h * scale)), int(np.round(w * scale)))
-    if size == (h, w):
-        return image
-    return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
-
-
-def reference_cam(image: np.ndarray, state: dict[str, torch.Tensor], classes: list[int]) -> torch.Tensor:
-    """IRN's ``make_cam.py`` written independently on torchvision's ResNet-50 (layer4 stride 1): per
-    scale the Pillow-rescaled image and its flip, relu(conv(features, W)), the flip's map flipped back
-    and added at the strided resolution (``resnet50_cam.CAM``), upsampled to the image size rounded up
-    to a multiple of 16, summed over scales, cropped, divided by max + 1e-5."""
-    net = torchvision.models.resnet50(weights=None)
-    net.layer4[0].conv2.stride = (1, 1)
-    net.layer4[0].downsample[0].stride = (1, 1)
-    net.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("resnet50.")}, strict=False)
-    net.eval()
-    body = torch.nn.Sequential(*list(net.children())[:-2])
-    W = state["classifier.weight"][classes]
-    mean = np.array([0.485, 0.456, 0.406])
-    std = np.array([0.229, 0.224, 0.225])
-    H, Wd = image.shape[:2]
-    up = ((H - 1) // 16 * 16 + 16, (Wd - 1) // 16 * 16 + 16)
-    total = torch.zeros(len(classes), *up)
-    with torch.no_grad():
-        for s in (1.0, 0.5, 1.5, 2.0):
-            x = ((_pil_rescale(image, s) / 255.0 - mean) / std).astype(np.float32)
-            x = torch.from_numpy(x).permute(2, 0, 1)[None]
-            x = torch.cat([x, x.flip(-1)])
-            cam = F.relu(F.conv2d(body(x), W))
-            cam = cam[0] + cam[1].flip(-1)
-            total += F.interpolate(cam[:, None], up, mode="bilinear", align_corners=False)[:, 0]
-    total = total[:, :H, :Wd]
-    return total / (total.amax(dim=(1, 2), keepdim=True) + 1e-5)
-
-
-def test_irn_checkpoint_loads_and_cam_matches_independent_computation(tmp_path):
-    from wsss_bench.inference import compute_maps
-    from wsss_bench.methods.base import STANDARD_SETTINGS
-
-    state = irn_state_dict()
-    p = tmp_path / "res50_cam.pth"
-    torch.save(state, p)
-    a = CAMAdapter(20)
-    sha = a.load_checkpoint(str(p))
-    assert len(sha) == 64
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
-
-    class S:  # a Sample with two classes
-        id = "x"
-        labels = np.zeros(20, np.float32)
-
-    S.image = image
-    S.labels[[2, 14]] = 1
-    got = compute_maps(a, [S], a.native, torch.device("cpu"), "fp32")[0]
-    ref = reference_cam(image, state, [2, 14])
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
-    assert a.native.scales == STANDARD_SETTINGS.scales and a.native.background.value == 0.15
-    assert a.native.upsample == "stride-padded" and a.native.upsample_stride == 16
 
 
 def test_cam_loads_plain_timm_layout_and_lists_mismatches(tmp_path):

@@ -12,20 +12,40 @@ its ``infer_cls.py``:
    its absolute value taken; channel ``c`` is foreground class ``c`` (0-based, VOC 0..19), the
    last channel is never read.
 
-Native settings (``infer_cls.py``): scales 1.0, 0.5, 1.5, 2.0 (PIL bicubic, rounded size), each
-with its horizontal flip (8 views); each view's map upsampled bilinearly (``align_corners=False``)
-to the image size, flipped back and summed; each class map divided by its maximum with no
-epsilon; only the image's classes are kept; background is the constant ``theta`` = 0.5 (its
-``eval.py`` sweeps 0.40 to 0.58). The collaborative multi-attention module (``d_d``,
-``embedding``, ``trans_list``, ``fc_list``) is used in training only and ignored here.
+Native pipeline, exactly as ``infer_cls.py`` with ``voc12/data.py`` ``VOC12ClsDatasetMSF`` runs it
+(``native`` below, carried out by :mod:`wsss_bench.inference.tta`):
+
+1. scales 1, 0.5, 1.5, 2.0, each Pillow's bicubic ``Image.resize`` of the uint8 image to
+   ``(round(w * s), round(h * s))`` (Python's ``round``, half to even; at scale 1 Pillow returns the
+   image unchanged), done with Pillow in the loader workers (``resize="pil-bicubic"``,
+   ``size_rounding="round"``);
+2. ``resnet38d.Normalize`` (ImageNet mean / std on RGB / 255); each view and its mirror: 8 inputs;
+3. each input's masks upsampled bilinearly (``align_corners=False``) straight to the image size
+   (``upsample="direct"``), the mirrors' flipped back, all 8 summed;
+4. each class map divided by its maximum with no epsilon (``eps=0``; a map that is zero everywhere,
+   NaN in EDAM's division, is zero here), only the image's classes kept.
+
+Native rule: the constant background ``theta`` (``--theta``, default 0.5; its ``eval.py`` sweeps 0.40
+to 0.58): ``--out_cam_pred`` puts ``theta`` in plane 0 of a [21, H, W] array, the class maps in planes
+``c + 1`` (zeros elsewhere), and takes the argmax, so a pixel is foreground where its top score is
+strictly greater than ``theta`` (ties to background).
+
+EDAM normalises the image in float64 before casting to float32 and adds the 8 maps one by one; we
+normalise in float32 and add each view to its mirror first, which differs only in floating-point
+rounding. Measured against EDAM's own code and an independent reference (random weights, odd image
+sizes up to 333x500, ``tests/test_fidelity_edam.py``): maps within 3e-6 of the maximum; native labels
+identical except where two classes tie to the last bit (1 pixel of 105,375 in one case).
+
+The collaborative multi-attention module (``d_d``, ``embedding``, ``trans_list``, ``fc_list``) is used
+in training only and ignored here.
 
 Backbones: ``resnet38`` is the paper's network; ``resnet38-w<k>`` is the same structure with every
 channel count multiplied by ``k`` (``resnet38-w0.125``: 8..512 channels, for tests and the demo).
 The ``width`` hyper-parameter, when positive, overrides the name's multiplier.
 
-Checkpoint: EDAM's released state dict (plain, no ``module.`` prefix). Its training-only keys
-are dropped by :func:`filter_edam_checkpoint`; everything inference uses (``conv1a`` .. ``bn7``,
-``mask_layer.weight``) is loaded strictly.
+Checkpoint: EDAM's released state dict (plain, no ``module.`` prefix). :func:`filter_edam_checkpoint`
+drops only the keys of the four training-only modules; everything inference uses (``conv1a`` ..
+``bn7``, ``mask_layer.weight``) is loaded strictly, and any other key is an error listing it.
 """
 
 from __future__ import annotations
