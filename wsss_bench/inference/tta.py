@@ -81,10 +81,14 @@ def to_tensor_image(image: np.ndarray | torch.Tensor, device: torch.device | str
 
 
 def normalise_image(img: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(img / 255 - mean) / std per channel, float32 (``TorchvisionNormalize`` of IRN and EDAM)."""
-    m = torch.tensor(mean, device=img.device, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=img.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return (img / 255.0 - m) / s
+    """(img / 255 - mean) / std per channel of a 0..255 integer-valued image, computed in float64 and
+    rounded once to float32, as numpy does in ``TorchvisionNormalize`` (IRN) and ``Normalize`` (EDAM):
+    a 256-entry table per channel, so it is exact on every device (MPS has no float64)."""
+    m = torch.tensor(mean, dtype=torch.float64)[:, None]
+    s = torch.tensor(std, dtype=torch.float64)[:, None]
+    table = ((torch.arange(256, dtype=torch.float64)[None] / 255.0 - m) / s).float().to(img.device)  # [3, 256]
+    idx = img.round().clamp(0, 255).long()
+    return torch.stack([table[c][idx[:, c]] for c in range(3)], dim=1)
 
 
 def bilinear(x: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
@@ -148,20 +152,27 @@ def fuse_views(maps_per_scale: list[torch.Tensor], image_size: tuple[int, int], 
     up_size = upsampled_size(target, settings)
     fused: torch.Tensor | None = None
     for maps in maps_per_scale:
-        up = bilinear(maps.float(), up_size, settings.align_corners)
-        if settings.flip:
-            up = up.view(batch, 2, *up.shape[1:])
+        maps = maps.float()
+        if settings.flip and settings.flip_fuse_at == "output":  # IRN: mirror added at the network's size
+            m = maps.view(batch, 2, *maps.shape[1:])
+            a, b = m[:, 0], m[:, 1].flip(-1)
+            views = [bilinear(a + b if settings.flip_fusion == "sum" else torch.maximum(a, b), up_size,
+                              settings.align_corners)]
+        elif settings.flip:
+            up = bilinear(maps, up_size, settings.align_corners).view(batch, 2, maps.shape[1], *up_size)
             a, b = up[:, 0], up[:, 1].flip(-1)
-            view = a + b if settings.flip_fusion == "sum" else torch.maximum(a, b)
+            # sums add each view on its own, in order (EDAM's np.sum over its 8 maps)
+            views = [a, b] if settings.flip_fusion == "sum" else [torch.maximum(a, b)]
         else:
-            view = up
-        view = view[..., : target[0], : target[1]]
-        if fused is None:
-            fused = view.clone()
-        elif settings.scale_fusion == "sum":
-            fused += view
-        else:
-            fused = torch.maximum(fused, view)
+            views = [bilinear(maps, up_size, settings.align_corners)]
+        for view in views:
+            view = view[..., : target[0], : target[1]]
+            if fused is None:
+                fused = view.clone()
+            elif settings.scale_fusion == "sum":
+                fused += view
+            else:
+                fused = torch.maximum(fused, view)
     assert fused is not None
     return fused
 

@@ -85,6 +85,10 @@ UPSAMPLINGS = ("direct", "stride-padded")
 #: bilinearly to the image size).
 FUSE_AT = ("image", "input")
 FUSIONS = ("sum", "max")
+#: Where a view and its mirror are fused: ``image`` = after upsampling (each view added on its own),
+#: ``output`` = at the network's output size, before upsampling (IRN ``net/resnet50_cam.py``
+#: ``CAM.forward``: ``x[0] + x[1].flip(-1)``).
+FLIP_FUSE_AT = ("image", "output")
 NORMALIZATIONS = ("max", "minmax")
 
 
@@ -96,7 +100,8 @@ class InferenceSettings:
     ``input_size`` square (``input_resize``); for each scale, rescale it (``resize``, sides rounded by
     ``size_rounding``), with ``flip`` add its mirror; run the views; bring every view's map to the
     fusion size (``fuse_at``) by bilinear upsampling (``upsample``, ``align_corners``); flip the
-    mirrored maps back; fuse a view and its mirror by ``flip_fusion`` and the scales by
+    mirrored maps back; fuse a view and its mirror by ``flip_fusion`` (after upsampling, or with
+    ``flip_fuse_at="output"`` at the network's output size, before it) and the scales by
     ``scale_fusion``; normalise each class map (``normalization``, ``eps``); when fused at the input
     size, resize the normalised maps bilinearly to the image size.
 
@@ -117,6 +122,7 @@ class InferenceSettings:
     align_corners: bool = False
     fuse_at: str = "image"
     flip_fusion: str = "sum"
+    flip_fuse_at: str = "image"
     scale_fusion: str = "sum"
     normalization: str = "max"
     eps: float = 1e-5
@@ -129,8 +135,8 @@ class InferenceSettings:
             raise WsssBenchError(f"scales above 8 are refused (got {list(self.scales)})")
         for name, allowed in (("resize", RESIZE_METHODS), ("input_resize", RESIZE_METHODS),
                               ("size_rounding", SIZE_ROUNDINGS), ("upsample", UPSAMPLINGS),
-                              ("fuse_at", FUSE_AT), ("flip_fusion", FUSIONS), ("scale_fusion", FUSIONS),
-                              ("normalization", NORMALIZATIONS)):
+                              ("fuse_at", FUSE_AT), ("flip_fusion", FUSIONS), ("flip_fuse_at", FLIP_FUSE_AT),
+                              ("scale_fusion", FUSIONS), ("normalization", NORMALIZATIONS)):
             value = getattr(self, name)
             if value not in allowed:
                 raise WsssBenchError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

@@ -187,7 +187,7 @@ class CAMAdapter(MethodAdapter):
     native = InferenceSettings(
         scales=(1.0, 0.5, 1.5, 2.0), flip=True, resize="pil-bicubic", size_rounding="round", input_size=None,
         upsample="stride-padded", upsample_stride=16, align_corners=False, fuse_at="image",
-        flip_fusion="sum", scale_fusion="sum", normalization="max", eps=1e-5,
+        flip_fusion="sum", flip_fuse_at="output", scale_fusion="sum", normalization="max", eps=1e-5,
         background=Background("constant", 0.15))
 
     def build(self) -> nn.Module:
