@@ -1,8 +1,8 @@
 """AD-CAM, as read from its abstract only (interpretation: abstract-only).
 
-Paper: "AD-CAM: Enhancing Localization Maps via Probabilistic Attention Diffusion"
-(arXiv 2211.10931). No public code was found, so this adapter implements our reading of the
-abstract as written down in the project's METHODS.md ("AD-CAM"); every record it writes carries
+Paper: J. Huang et al., "Attention-based Class Activation Diffusion for Weakly-Supervised Semantic
+Segmentation" (arXiv 2211.10931). No public code was found, so this adapter implements our reading of
+the abstract as written down in the project's METHODS.md ("AD-CAM"); every record it writes carries
 ``interpretation: "abstract-only"``. Nothing here is verified against the authors' implementation.
 
 Network (our own layout, any timm ViT of :mod:`wsss_bench.methods.backbones.vit`):
@@ -21,7 +21,11 @@ Map (pure functions below):
    neighbour), ``A' = A * S`` element-wise, rows renormalised (:func:`refine_attention`).
 3. Convincing diffusion: ``CAM' = (A'^T)^t CAM`` for ``t = iterations`` (each patch spreads its
    activation to its neighbours in proportion to its row of A'; :func:`diffuse`), then per-class
-   division by max + 1e-5.
+   division by max + 1e-5. That one normalisation is the runner's (``normalization="max"``,
+   ``eps=1e-5``): :meth:`ADCAMAdapter.forward_maps` returns the diffused maps un-normalised, so that
+   the views of the multi-scale settings are summed first and the sum is normalised once, as for
+   every other method (normalising each view as well would be a second normalisation that METHODS.md
+   does not describe).
 
 Variant ``"direct"`` (the coupling the abstract criticises): the pixel-wise product of the CAM and
 the class-token attention map (row 0 of the head- and block-averaged attention, patch columns), then
@@ -154,16 +158,12 @@ def direct_coupling(cam: torch.Tensor, cls_attn: torch.Tensor) -> torch.Tensor:
     return cam * cls_attn[:, None, :]
 
 
-def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Divide each map [..., P] by its maximum + eps."""
-    return maps / (maps.amax(dim=-1, keepdim=True) + eps)
-
-
 class ADCAMAdapter(MethodAdapter):
     name: ClassVar[str] = "ad-cam"
     description: ClassVar[str] = ("CAM diffused along common-neighbour-refined ViT attention "
                                   "(abstract-only interpretation)")
-    paper: ClassVar[str] = "AD-CAM, arXiv 2211.10931 (abstract only; no public code)"
+    paper: ClassVar[str] = ("Huang et al., Attention-based Class Activation Diffusion for Weakly-Supervised "
+                            "Semantic Segmentation (AD-CAM), arXiv 2211.10931 (abstract only; no public code)")
     official_code: ClassVar[str] = ""
     backbones: ClassVar[tuple[str, ...]] = (
         "vit_base", "deit_base", "deit_base_distilled", "vit_small", "vit_tiny", "vit_tiny_demo",
@@ -207,7 +207,7 @@ class ADCAMAdapter(MethodAdapter):
             else:
                 a = refine_attention(patch_attention(attn, n_prefix))
                 out = diffuse(cam, a, int(self.hparams["iterations"]))
-            return normalise_max(out).reshape(v, -1, gh, gw)
+            return out.reshape(v, -1, gh, gw)  # un-normalised: the runner divides by max + 1e-5
 
 
 def filter_adcam_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
