@@ -91,8 +91,8 @@ def our_layout(num_classes: int, dim: int = 64, depth: int = 4) -> dict[str, tup
 
 
 def reference_adcam(sd, x, classes, blocks, variant, iterations, heads=2):
-    """Step by step: plain-torch ViT, CAM, averaged attention, refinement, diffusion or product
-    (un-normalised: the max normalisation is the runner's)."""
+    """Step by step: plain-torch ViT, CAM, averaged attention, refinement, diffusion or product, each
+    map divided by its max + 1e-5."""
     _, normed, attns, (gh, gw) = reference_vit(sd, "backbone.", x, heads=heads, pos_mode="bicubic")
     w = sd["classifier.weight"][:, :, 0, 0]
     cam = torch.relu(normed[:, 1:] @ w.T).transpose(1, 2)[:, classes]  # [V, K, P]
@@ -107,6 +107,7 @@ def reference_adcam(sd, x, classes, blocks, variant, iterations, heads=2):
         out = cam
         for _ in range(iterations):
             out = torch.einsum("vki,vij->vkj", out, a)
+    out = out / (out.amax(-1, keepdim=True) + 1e-5)
     return out.reshape(x.shape[0], len(classes), gh, gw)
 
 
@@ -126,9 +127,7 @@ def test_maps_match_step_by_step_reference_after_strict_load(tmp_path, variant, 
         maps = adapter.forward_maps(x, torch.tensor([1, 4]))
         ref = reference_adcam(sd, x, [1, 4], parse_attn_blocks(blocks, 4), variant, iterations)
     assert maps.shape == (2, 2, 4, 5) and (maps >= 0).all()
-    scale = ref.amax()
-    assert scale > 0
-    torch.testing.assert_close(maps / scale, ref / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_records_say_abstract_only_and_bad_settings_are_user_errors():
@@ -164,15 +163,16 @@ def test_bf16_autocast_keeps_the_diffusion_in_float32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = adapter.forward_maps(x, torch.tensor([0, 3]))
     assert low.dtype == torch.float32
-    torch.testing.assert_close(low / ref.amax(), ref / ref.amax(), atol=2e-2, rtol=0)
+    torch.testing.assert_close(low, ref, atol=2e-2, rtol=0)
 
 
 def official_adcam_pipeline(sd, image, classes, blocks, iterations=2, scales=(1.0, 0.5, 1.5, 2.0)):
     """METHODS.md's AD-CAM with its native (= the standard) settings, written out independently:
     Pillow bicubic rescale of the uint8 image to ``round(s * side)`` (numpy's half-to-even), ImageNet
     normalisation, each scale and its mirror through :func:`reference_adcam`, every map upsampled
-    bilinearly (``align_corners=False``) to the image, mirrors flipped back, all views summed, each
-    class divided by its max + 1e-5. [K, H, W]."""
+    bilinearly (``align_corners=False``) to the image (each view's map already divided by its max +
+    1e-5 at the patch grid), mirrors flipped back, all views summed, each class divided by its max +
+    1e-5. [K, H, W]."""
     import numpy as np
     import torch.nn.functional as F
     from PIL import Image

@@ -26,14 +26,18 @@ Map, for each class c of the image (``generate_cam_2``): back-propagate c's raw 
 block l >= ``start_block`` with softmax attention A_l [heads, N, N] and its gradient G_l,
 ``map_l = mean_h clamp(G_l * A_l, min=0) * mean_h clamp(G_l, min=0)``; sum over the blocks; take the
 class-token row (row 0) over the patch columns (after the one or two leading tokens); ReLU; reshape
-to the patch grid; upsample bilinearly with ``align_corners=True`` to the input size.
+to the patch grid; upsample bilinearly with ``align_corners=True`` to the input size; divide by
+max + 1e-5 per class (``train_from_init.py``: ``norm_cam = cam / (np.max(cam, (1, 2)) + 1e-5)``).
 ``start_block`` defaults to ``depth // 2`` (6 for 12 blocks, the official ``start_layer=6``; the last
-half of the blocks for smaller ViTs). :meth:`GETAMAdapter.forward_maps` returns these maps
-*un-normalised*: the one normalisation, ``/ (max + 1e-5)`` per class (``train_from_init.py``:
-``norm_cam = cam / (np.max(cam, (1, 2)) + 1e-5)``), is the runner's (``normalization="max"``,
-``eps=1e-5``). The maps scale with the squared gradient, so a weak classifier gives maxima below the
-epsilon and normalised maps well under 1, exactly as the official code does. Under the standard
-protocol the raw maps of all views are summed before that normalisation, as for every method.
+half of the blocks for smaller ViTs). The maps scale with the squared gradient, so a weak classifier
+gives maxima below the epsilon and normalised maps well under 1, exactly as the official code does.
+
+That division is GETAM's and is done here, once per view: at native settings the runner must not
+normalise again (``normalization="none"``, :data:`NATIVE_NORMALIZATION`). Under the standard protocol
+the views' normalised maps are summed and the sum max-normalised: the raw maps' scale follows the
+squared gradient, which varies from view to view by up to two orders of magnitude (the demo model's
+per-view maxima over the four standard scales range from 9e-4 to 0.6), so a raw sum would be the map
+of whichever view happens to have the largest gradient.
 
 All classes of an image (and all views) go through one forward and one backward pass: the batch
 holds ``V * K`` copies (view v, class k at row ``v * K + k``) and the sum over rows of each row's own
@@ -88,7 +92,7 @@ from wsss_bench.methods.backbones.vit import (
     tokens_to_grid,
     vit_forward,
 )
-from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
+from wsss_bench.methods.base import NORMALIZATIONS, Background, InferenceSettings, MethodAdapter
 
 #: GETAM resizes its position embedding bilinearly (``models/vision_transformer.py``).
 GETAM_POS_MODE = "bilinear"
@@ -96,18 +100,23 @@ GETAM_POS_MODE = "bilinear"
 GETAM_CROP_SIZE = 256
 #: The paper's background power (``compute_seg_label_3``: ``(1 - max) ** 32``).
 GETAM_BACKGROUND = Background("power", 32)
+#: The adapter divides each map by its max + 1e-5 (GETAM's normalisation); at native settings the
+#: runner must leave the maps as they are: ``"none"``. Until the pipeline offers it, the runner's
+#: ``"max"`` (eps 1e-5) divides a second time: a relative change of about 1e-5 / max, negligible for
+#: maps whose maximum is near 1, large for a weak classifier whose maxima are near the epsilon.
+NATIVE_NORMALIZATION = "none" if "none" in NORMALIZATIONS else "max"
 
 
 def getam_native_settings(crop_size: int) -> InferenceSettings:
     """GETAM's native pipeline (see the module docstring): the image resized to ``crop_size`` squared by
     float bilinear interpolation (``crop_size`` 0: at its own size), one view, no flip, the map (already
-    at the input size, ``align_corners=True``) divided by its max + 1e-5 there, then resized bilinearly
-    to the image; background ``(1 - max) ** 32``."""
+    at the input size, ``align_corners=True``, divided by its max + 1e-5 by the adapter) not normalised
+    again, then resized bilinearly to the image; background ``(1 - max) ** 32``."""
     return InferenceSettings(
         scales=(1.0,), flip=False, resize="bilinear", size_rounding="round", input_size=crop_size or None,
         input_resize="bilinear", upsample="direct", align_corners=True,
         fuse_at="input" if crop_size else "image", flip_fusion="sum", scale_fusion="sum",
-        normalization="max", eps=1e-5, background=GETAM_BACKGROUND,
+        normalization=NATIVE_NORMALIZATION, eps=1e-5, background=GETAM_BACKGROUND,
     )
 
 
@@ -199,6 +208,11 @@ def getam_token_map(attentions: list[torch.Tensor], gradients: list[torch.Tensor
     return torch.relu(total[:, 0, num_prefix:])
 
 
+def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Divide each [..., h, w] map by its maximum + eps."""
+    return maps / (maps.amax(dim=(-2, -1), keepdim=True) + eps)
+
+
 def default_start_block(depth: int) -> int:
     """GETAM's first summed block: ``depth // 2`` (6 of 12 as in ``train_from_init.py``)."""
     return depth // 2
@@ -283,10 +297,10 @@ class GETAMAdapter(MethodAdapter):
 
     @staticmethod
     def _to_input_size(token_map: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-        """Token map [R, P] -> [R, h, w]: the patch grid upsampled with ``align_corners=True``
-        (``train_from_init.py``), not normalised (the runner's normalisation is the only one)."""
+        """Token map [R, P] -> [R, h, w]: the patch grid upsampled with ``align_corners=True`` and
+        divided by its max + 1e-5 (``train_from_init.py``)."""
         maps = token_map.reshape(-1, 1, grid[0], grid[1])
-        return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[:, 0]
+        return normalise_max(F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[:, 0])
 
 
 #: Checkpoint keys of ``DPTSegmentationModel`` that the classification path never reads: the DPT decoder
