@@ -126,6 +126,7 @@ def compare(got: torch.Tensor, want: torch.Tensor, got_labels: np.ndarray, want_
                  marks=NEEDS_NO_RUNNER_NORMALISATION),
     ("vit_tiny_demo", 0, (281, 375), 2000.0, None),     # crop_size 0: the image at its own size
     ("vit_hybrid_demo", 256, (333, 500), 2000.0, 8),
+    ("vit_hybrid_demo", 96, (281, 375), 2000.0, 8),     # the demo backbones' default crop
     ("vit_hybrid_demo", 0, (121, 163), 2000.0, 8),
 ])
 def test_demo_backbones_match_getams_procedure_on_odd_sized_images(backbone, crop, size, head_scale, groups):

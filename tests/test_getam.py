@@ -246,18 +246,23 @@ def test_filter_ignores_only_the_named_training_only_modules(tmp_path):
 
 
 def test_native_settings_are_getams_crop_its_normalisation_and_power_rule():
-    n = GETAMAdapter(5, "vit_tiny_demo").native
+    from wsss_bench.demo.train import DEMO_MODELS
+
+    n = GETAMAdapter(5, "vit_hybrid").native
     assert (n.scales, n.flip, n.input_size, n.input_resize, n.resize, n.fuse_at) == (
         (1.0,), False, 256, "bilinear", "bilinear", "input")
     assert (n.align_corners, n.normalization, n.eps) == (True, NATIVE_NORMALIZATION, 1e-5)
     assert NATIVE_NORMALIZATION == ("none" if "none" in NORMALIZATIONS else "max")
     assert (n.background.rule, n.background.value) == ("power", 32)
     assert GETAMAdapter.native == n  # the class attribute shows the default
+    # the demo backbones' training crop is the side the demo trains them at
+    assert GETAMAdapter(5, "vit_hybrid_demo").native.input_size == DEMO_MODELS["getam"].train_size == 96
+    assert GETAMAdapter(5, "vit_tiny_demo").native.input_size == 96
     own = GETAMAdapter(5, "vit_tiny_demo", {"crop_size": 0}).native
     assert own.input_size is None and own.fuse_at == "image" and own.background == n.background
-    assert GETAMAdapter(5, "vit_tiny_demo", {"crop_size": "96"}).native.input_size == 96
+    assert GETAMAdapter(5, "vit_hybrid", {"crop_size": "128"}).native.input_size == 128
     with pytest.raises(WsssBenchError, match="crop_size"):
-        GETAMAdapter(5, "vit_tiny_demo", {"crop_size": -1})
+        GETAMAdapter(5, "vit_tiny_demo", {"crop_size": -2})
 
 
 def test_each_map_is_divided_by_its_max_plus_epsilon_once():

@@ -62,11 +62,15 @@ ImageNet mean/std, randomly cropped (zero-padded) to ``--crop_size`` 256 x 256; 
 that 256 x 256 input, upsampled with ``align_corners=True`` to 256 x 256 and normalised there (after
 PAMR, which the map leaves out). The only place where GETAM feeds a whole image to its network
 (``myTool.validation``, ``test.py``) resizes it to a square (``cv2.resize(img, (256, 256))``). The
-deterministic setting closest to both: the image resized to ``crop_size`` x ``crop_size`` (default
-256) by plain bilinear interpolation of the normalised float image (``cv2.resize`` on a float image
-equals ``F.interpolate(mode="bilinear", align_corners=False)``), one view, no flip, the map normalised
-at that size and then resized bilinearly to the image (GETAM never maps its CAMs back to the image:
-the crop is its label space). ``crop_size=0`` runs the image at its own size instead. Background rule
+deterministic setting closest to both: the image resized to ``crop_size`` x ``crop_size`` by plain
+bilinear interpolation of the normalised float image (``cv2.resize`` on a float image equals
+``F.interpolate(mode="bilinear", align_corners=False)``), one view, no flip, the map normalised at
+that size and then resized bilinearly to the image (GETAM never maps its CAMs back to the image: the
+crop is its label space). ``crop_size`` is the crop the checkpoint was trained on: the default
+(``-1``) is GETAM's 256 for the paper's backbones and 96 for the demo backbones (the side the demo
+models are trained at, ``wsss_bench/demo/train.py``; at 256 the demo hybrid scores 29.7 mIoU on the
+demo set against 34.9 at 96 and 35.7 at the images' own size). ``crop_size=0`` runs the image at its
+own size instead. Background rule
 ``(1 - max) ** 32`` (``compute_seg_label_3``: argmax over the background plane and the class maps,
 ties to the background). PAMR, saliency and label completion are not part of the map. Note that the
 official code only runs square inputs (it reshapes the token map to ``(h // 16, w // 16)`` and
@@ -98,6 +102,9 @@ from wsss_bench.methods.base import NORMALIZATIONS, Background, InferenceSetting
 GETAM_POS_MODE = "bilinear"
 #: ``train_from_init.py`` ``--crop_size``: the side of the square inputs its pseudo labels are made on.
 GETAM_CROP_SIZE = 256
+#: The side the demo backbones are trained at (``wsss_bench/demo/train.py`` ``DEMO_MODELS["getam"]``):
+#: their native crop.
+DEMO_CROP_SIZE = 96
 #: The paper's background power (``compute_seg_label_3``: ``(1 - max) ** 32``).
 GETAM_BACKGROUND = Background("power", 32)
 #: The adapter divides each map by its max + 1e-5 (GETAM's normalisation); at native settings the
@@ -105,6 +112,11 @@ GETAM_BACKGROUND = Background("power", 32)
 #: ``"max"`` (eps 1e-5) divides a second time: a relative change of about 1e-5 / max, negligible for
 #: maps whose maximum is near 1, large for a weak classifier whose maxima are near the epsilon.
 NATIVE_NORMALIZATION = "none" if "none" in NORMALIZATIONS else "max"
+
+
+def default_crop_size(backbone: str) -> int:
+    """The crop a GETAM checkpoint of ``backbone`` was trained on: 256, or 96 for the demo backbones."""
+    return DEMO_CROP_SIZE if backbone.endswith("_demo") else GETAM_CROP_SIZE
 
 
 def getam_native_settings(crop_size: int) -> InferenceSettings:
@@ -231,8 +243,9 @@ class GETAMAdapter(MethodAdapter):
         "start_block": -1,
         # rows (view x class copies) per backward pass; 0 = all of an image's in one pass
         "grad_batch": 0,
-        # native input: the image resized to crop_size x crop_size (GETAM's --crop_size); 0 = own size
-        "crop_size": GETAM_CROP_SIZE,
+        # native input: the image resized to crop_size x crop_size (GETAM's --crop_size); 0 = own size;
+        # -1 = the backbone's training crop (256, or 96 for the *_demo backbones)
+        "crop_size": -1,
     }
     native: ClassVar[InferenceSettings] = getam_native_settings(GETAM_CROP_SIZE)
     needs_grad: ClassVar[bool] = True
@@ -241,10 +254,11 @@ class GETAMAdapter(MethodAdapter):
                  hparams: dict[str, Any] | None = None):
         super().__init__(num_classes, backbone, hparams)
         crop = self.hparams["crop_size"]
-        if isinstance(crop, bool) or not isinstance(crop, int) or not 0 <= crop <= 8192:
-            raise WsssBenchError(f"getam: crop_size must be an integer in 0..8192 (0 = the image's own size), "
-                                 f"got {crop!r}")
-        self.native = getam_native_settings(crop)
+        if isinstance(crop, bool) or not isinstance(crop, int) or not -1 <= crop <= 8192:
+            raise WsssBenchError(f"getam: crop_size must be an integer in -1..8192 (0 = the image's own size, "
+                                 f"-1 = the backbone's training crop), got {crop!r}")
+        self.crop_size = default_crop_size(self.backbone) if crop == -1 else crop
+        self.native = getam_native_settings(self.crop_size)
 
     def build(self) -> nn.Module:
         self.model = GETAMNet(self.backbone, self.num_classes).eval()
