@@ -72,7 +72,9 @@ models are trained at, ``wsss_bench/demo/train.py``; at 256 the demo hybrid scor
 demo set against 34.9 at 96 and 35.7 at the images' own size). ``crop_size=0`` runs the image at its
 own size instead. Background rule
 ``(1 - max) ** 32`` (``compute_seg_label_3``: argmax over the background plane and the class maps,
-ties to the background). PAMR, saliency and label completion are not part of the map. Note that the
+ties to the background). PAMR, saliency and label completion are not part of the map. The official
+code computes its CAMs with the network in training mode; the classification path has no batch norm
+and no dropout (drop rates 0; the hybrid's trunk uses group norm), so evaluation mode is the same. Note that the
 official code only runs square inputs (it reshapes the token map to ``(h // 16, w // 16)`` and
 resizes it to ``(w, h)``) and that its hybrid only runs sides divisible by 16 (the ResNet's "SAME"
 padding gives ``ceil(side / 16)`` tokens, the position embedding ``side // 16``); on other inputs we
