@@ -91,7 +91,8 @@ def our_layout(num_classes: int, dim: int = 64, depth: int = 4) -> dict[str, tup
 
 
 def reference_adcam(sd, x, classes, blocks, variant, iterations, heads=2):
-    """Step by step: plain-torch ViT, CAM, averaged attention, refinement, diffusion or product."""
+    """Step by step: plain-torch ViT, CAM, averaged attention, refinement, diffusion or product, each
+    map divided by its max + 1e-5."""
     _, normed, attns, (gh, gw) = reference_vit(sd, "backbone.", x, heads=heads, pos_mode="bicubic")
     w = sd["classifier.weight"][:, :, 0, 0]
     cam = torch.relu(normed[:, 1:] @ w.T).transpose(1, 2)[:, classes]  # [V, K, P]
@@ -163,3 +164,71 @@ def test_bf16_autocast_keeps_the_diffusion_in_float32():
             low = adapter.forward_maps(x, torch.tensor([0, 3]))
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, ref, atol=2e-2, rtol=0)
+
+
+def official_adcam_pipeline(sd, image, classes, blocks, iterations=2, scales=(1.0, 0.5, 1.5, 2.0)):
+    """METHODS.md's AD-CAM with its native (= the standard) settings, written out independently:
+    Pillow bicubic rescale of the uint8 image to ``round(s * side)`` (numpy's half-to-even), ImageNet
+    normalisation, each scale and its mirror through :func:`reference_adcam`, every map upsampled
+    bilinearly (``align_corners=False``) to the image (each view's map already divided by its max +
+    1e-5 at the patch grid), mirrors flipped back, all views summed, each class divided by its max +
+    1e-5. [K, H, W]."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD
+
+    h, w = image.shape[:2]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    total = torch.zeros(len(classes), h, w)
+    for s in scales:
+        size = (int(np.round(h * s)), int(np.round(w * s)))
+        scaled = image if size == (h, w) else np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
+        x = (torch.from_numpy(scaled.copy()).permute(2, 0, 1)[None].float() / 255 - mean) / std
+        for flip in (False, True):
+            view = x.flip(-1) if flip else x
+            m = reference_adcam(sd, view, classes, blocks, "diffusion", iterations)
+            m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0]
+            total += m.flip(-1) if flip else m
+    total = total.clamp(min=0)
+    return total / (total.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+
+@pytest.mark.parametrize("size", [(141, 187), (97, 131)])  # odd sides; small for test time (P^3 diffusion)
+def test_native_pipeline_matches_the_described_procedure_on_odd_sized_images(size):
+    import numpy as np
+    from vit_reference import compare_with_official
+
+    from wsss_bench.data.base import Sample
+    from wsss_bench.inference import compute_maps
+    from wsss_bench.inference.pseudo import hard_label
+    from wsss_bench.methods.adcam import filter_adcam_checkpoint
+    from wsss_bench.plugins import load_strict
+
+    sd = random_state(our_layout(20), seed=11, std=0.2)
+    adapter = ADCAMAdapter(20, "vit_tiny_demo")
+    load_strict(adapter.build(), filter_adcam_checkpoint(sd), "adcam.pth")
+    g = torch.Generator().manual_seed(sum(size))
+    coarse = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 5, generator=g) * 255, size=size, mode="bilinear")
+    image = (coarse + 20 * torch.randn(1, 3, *size, generator=g)).clamp(0, 255).round().to(torch.uint8)[0]
+    image = image.permute(1, 2, 0).numpy()
+    classes = [4, 9]
+    labels = np.zeros(20, np.float32)
+    labels[classes] = 1
+    settings = adapter.native
+    with torch.no_grad():
+        (maps,) = compute_maps(adapter, [Sample("x", image, labels, None)], settings, torch.device("cpu"))
+        want = official_adcam_pipeline(sd, image, classes, adapter.attn_block_indices)
+    t = settings.background.threshold()
+    got_labels = hard_label(maps, np.asarray(classes) + 1, ("constant", t))
+    m, k = want.max(dim=0)  # IRN's rule: argmax over a constant background plane, ties to background
+    want_labels = torch.where(m > t, torch.tensor(classes)[k] + 1, 0).numpy()
+    assert 0 < (want_labels > 0).mean() < 1
+    compare_with_official(maps, want, got_labels, want_labels, t)
+
+
+def test_paper_is_cited_with_its_title():
+    assert "Attention-based Class Activation Diffusion for Weakly-Supervised Semantic Segmentation" in ADCAMAdapter.paper
+    assert "Huang" in ADCAMAdapter.paper and "2211.10931" in ADCAMAdapter.paper

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from more_official_layout import official_layout, random_checkpoint, ref_encoder, strip
+from more_official_layout import official_layout, random_checkpoint, ref_maps, strip
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.methods.backbones.vit_mct import VIT_MCT_CONFIGS, MultiClassTokenViT, resize_patch_pos_embed
@@ -22,41 +22,6 @@ from wsss_bench.methods.more import MoReAdapter
 
 #: The demo/test encoder size (its dims are read, not assumed, so the tests follow the config).
 TINY = VIT_MCT_CONFIGS["vit_tiny_demo"]
-
-
-def ref_gcr(sd: dict[str, torch.Tensor], cls: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """``graphic_cls_aggregation.forward`` as the official file writes it (indexing, einsum, matmul)."""
-    def lin(name: str, t: torch.Tensor) -> torch.Tensor:
-        return t @ sd[f"graph_layer.{name}.weight"].T + sd[f"graph_layer.{name}.bias"]
-
-    dim = cls.shape[-1]
-    topk = int(0.5 * cls.shape[1])
-    x = torch.cat([cls, feats], dim=1)
-    e_h, e_t = lin("head_proj", cls), lin("tail_proj", x)
-    logit = (e_h * dim ** -0.5) @ e_t.transpose(-2, -1)
-    w_top, i_top = torch.topk(logit, k=topk, dim=-1)
-    nb = e_t[torch.arange(e_t.shape[0]).view(-1, 1, 1), i_top, :]
-    prob = F.softmax(w_top, dim=2)
-    eh_r = torch.matmul((1 - prob).unsqueeze(-1), e_h.unsqueeze(2)) + prob.unsqueeze(-1) * nb
-    gate = torch.tanh(e_h.unsqueeze(2).expand(-1, -1, topk, -1) + eh_r)
-    ka = torch.einsum("ijkl,ijkm->ijk", nb, gate)
-    e_nh = torch.matmul(F.softmax(ka, dim=2).unsqueeze(2), nb).squeeze(2)
-    s = F.leaky_relu(lin("linear1", (e_h + e_nh) * 0.1 + cls))
-    bi = F.leaky_relu(lin("linear2", e_h * e_nh * 0.1 + cls))
-    return F.layer_norm(s + bi, (dim,), sd["graph_layer.norm.weight"], sd["graph_layer.norm.bias"], eps=1e-5)
-
-
-def ref_maps(sd: dict[str, torch.Tensor], x: torch.Tensor, depth: int, heads: int, num_fg: int):
-    """(raw LAM, raw CAM) over all classes, as ``network.forward`` + ``multi_scale_lam2`` compute them."""
-    tokens = ref_encoder(sd, x, depth, heads)
-    t = 4 + num_fg
-    gh, gw = x.shape[2] // 16, x.shape[3] // 16
-    patch_tokens = tokens[:, t:]
-    x4 = patch_tokens.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
-    refined = ref_gcr(sd, tokens[:, 4:t], patch_tokens)
-    lam = torch.einsum("bchw,bkc->bkhw", x4, refined)
-    cam = F.conv2d(x4, sd["classifier.weight"])
-    return lam, cam
 
 
 CASES = [  # (dataset layout, foreground classes, backbone, input size)

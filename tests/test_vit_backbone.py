@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from timm.layers import resample_abs_pos_embed
+from torch import nn
 from vit_reference import reference_vit
 
 from wsss_bench.errors import WsssBenchError
@@ -123,3 +125,55 @@ def test_hooks_are_released_and_fused_attention_restored_even_on_error(demo):
     assert len(cap.attentions) == 4
     with pytest.raises(WsssBenchError, match="out of range"):
         AttentionCapture(demo, blocks=[4])
+
+
+def test_hybrid_trunk_uses_getams_timm04_weight_standardisation():
+    from timm.layers import StdConv2d, StdConv2dSame
+
+    from wsss_bench.methods.backbones.vit import StdConv2dTimm04
+
+    vit = build_vit("vit_hybrid_demo")
+    convs = [m for m in vit.modules() if isinstance(m, nn.Conv2d) and "backbone" in _name_of(vit, m)]
+    assert convs and all(isinstance(m, StdConv2dTimm04) for m in convs)
+    assert not any(isinstance(m, (StdConv2d, StdConv2dSame)) for m in vit.modules())
+    assert all(m.eps == 1e-5 for m in convs)
+    stem = vit.patch_embed.backbone.stem.conv
+    assert stem.same_pad and stem.stride == (2, 2)
+    # the formula by hand: (w - mean) / (biased std + 1e-5), per output filter
+    w = stem.weight.detach()
+    flat = w.reshape(w.shape[0], -1).double()
+    mean = flat.mean(1, keepdim=True)
+    std = ((flat - mean) ** 2).mean(1, keepdim=True).sqrt()
+    want = ((flat - mean) / (std + 1e-5)).reshape(w.shape)
+    torch.testing.assert_close(stem.standardised_weight().double(), want, atol=1e-6, rtol=1e-6)
+    # timm 1.x's formula, (w - mean) / sqrt(var + 1e-8), differs measurably on filters with a small std:
+    # here std 0.01, so ours divides by 0.01001 and timm 1.x by 0.0100000005 (a 1e-3 relative change)
+    small = StdConv2dTimm04(1, 1, 2, padding=0)
+    with torch.no_grad():
+        small.weight.copy_(torch.tensor([0.01, -0.01, 0.01, -0.01]).view(1, 1, 2, 2))
+    torch.testing.assert_close(small.standardised_weight().flatten(),
+                               torch.tensor([1.0, -1.0, 1.0, -1.0]) * 0.01 / (0.01 + 1e-5))
+    # TF "SAME" padding of the stride-2 7x7 stem on an odd input: the odd pixel goes bottom/right
+    x = torch.randn(1, 3, 37, 45)
+    pad_h = max((19 - 1) * 2 + 7 - 37, 0)
+    pad_w = max((23 - 1) * 2 + 7 - 45, 0)
+    xp = torch.nn.functional.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    torch.testing.assert_close(stem(x), torch.nn.functional.conv2d(xp, stem.standardised_weight(), stride=2))
+
+
+def test_full_size_hybrid_is_converted_with_its_names_and_shapes():
+    from timm.layers import StdConv2dSame
+
+    from wsss_bench.methods.backbones.vit import StdConv2dTimm04
+
+    vit = build_vit("vit_hybrid", device="meta")
+    reference = timm.create_model("vit_base_r50_s16_384", pretrained=False, num_classes=0, device="meta")
+    ours = {k: tuple(v.shape) for k, v in vit.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    n_ours = sum(isinstance(m, StdConv2dTimm04) for m in vit.modules())
+    n_timm = sum(isinstance(m, StdConv2dSame) for m in reference.modules())
+    assert n_ours == n_timm == 52
+
+
+def _name_of(root: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in root.named_modules() if m is module)

@@ -25,16 +25,28 @@ What the official inference computes, and how it maps onto wsss-bench:
   ``network.forward``); ``multi_scale_cam2`` upsamples it bilinearly to the input size, fuses the flip
   by max and only then applies the ReLU. ReLU commutes with flip and max but not with the upsampling,
   so :meth:`MoReAdapter.forward_maps` returns the CAM already upsampled to the view size and ReLU-ed
-  (non-negative); the runner's own upsampling to the image size is then the official final resize.
-- Native settings: image resized to 448 x 448 (the official script resizes bilinearly, the runner
-  uses its own resize), scale 1.0, image and flip fused by max, per-class min-max with eps 1e-5,
-  background where the top score is at most 0.5.
+  (non-negative). At the native scale 1.0 the view is the 448 x 448 input itself, so this is the
+  official order exactly; at other scales (``--scales``) the official code upsamples each scale's grid
+  straight to 448 x 448 while this adapter's map is upsampled to the view and then by the runner to
+  448 x 448 (two bilinear steps; the LAM, which has no ReLU, is exact at every scale).
+- Native settings (``tools/infer_lam.py``, ``infer_cam.py``): the image read as uint8 RGB and normalised
+  to float (``datasets/transforms.py`` ``normalize_img``: ImageNet mean/std in 0..255 units); resized to
+  448 x 448 with ``F.interpolate(mode="bilinear", align_corners=False)`` (no antialiasing); scales
+  relative to 448 with sides ``int(s * 448)`` (``size_rounding="floor"``), default 1.0 only (the
+  ``--refine_with_multiscale`` list is 1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0); each scale runs the image
+  and its flip in one batch; maps upsampled to 448 x 448, the flip fused by **max**, scales summed,
+  then per class ``m - min`` divided by ``max + 1e-5`` **at 448 x 448** (``fuse_at="input"``,
+  ``normalization="minmax"``), and only then resized bilinearly to the label size; background where
+  the top score of the image's classes is ``<= 0.5`` (``cam_to_label``, ``bkg_thre``).
 
 Checkpoint: a state dict saved from ``DistributedDataParallel`` (``module.`` prefix, stripped if
 present) with ``encoder.*`` (see :mod:`wsss_bench.methods.backbones.vit_mct`), ``classifier.weight``
-[K, C, 1, 1], ``graph_layer.*``; ``decoder.*`` (the segmentation head, see
-:mod:`wsss_bench.segmenters.more_head`), ``aux_classifier.*`` and the encoder's unused ``head.*`` are
-ignored.
+[K, C, 1, 1], ``graph_layer.*`` (including ``_fc1``, built but unused by the official forward: loaded
+so that the load stays strict). Ignored by name (:data:`IGNORED_PREFIXES`), as no localisation map
+reads them: ``decoder.*`` (the LargeFOV segmentation head, see :mod:`wsss_bench.segmenters.more_head`),
+``aux_classifier.*`` (the classifier on block -3 whose CAM makes the training-time pseudo labels of
+``multi_scale_cam2``'s ``cam_aux``) and ``encoder.head.*`` (the timm ImageNet-style head of
+``MATformer``, never called). Any other key is kept, so the strict load names it as unexpected.
 """
 
 from __future__ import annotations

@@ -17,9 +17,15 @@ Shared by the transformer adapters (GETAM, AD-CAM) and GETAM's DPT segmenter:
   [B, heads, N, N] (and, with ``grad=True``, its gradient) through hooks on timm's own attention
   modules; the hooks are removed and the modules restored on exit, whatever happens.
 
-No fork of timm: the forward pass calls timm's modules (patch embedding, blocks, norm); only the
-position-embedding resize is our own, because GETAM's layout resizes bilinearly while timm's dynamic
-size is bicubic.
+No fork of timm: the forward pass calls timm's modules (patch embedding, blocks, norm); two pieces are
+our own because GETAM's bundled timm 0.4 differs from timm 1.x:
+
+- the position-embedding resize (GETAM's layout resizes bilinearly while timm's dynamic size is bicubic);
+- the weight standardisation of the hybrids' ResNet-V2 trunk (:class:`StdConv2dTimm04`): GETAM's
+  ``models/layers/std_conv.py`` computes ``(w - mean) / (std + 1e-5)`` with the biased std over each
+  output filter, timm 1.x ``(w - mean) / sqrt(var + 1e-8)``. :func:`build_vit` swaps every
+  weight-standardised convolution of a hybrid (``vit_hybrid``, ``vit_hybrid_demo``) for the timm-0.4
+  formula, keeping its TF-style "SAME" padding, parameters and names.
 """
 
 from __future__ import annotations
@@ -67,6 +73,74 @@ VIT_SPECS: dict[str, ViTSpec] = {
 }
 
 
+#: GETAM's bundled timm 0.4 weight-standardisation epsilon (``StdConv2d``/``StdConv2dSame`` default, which
+#: its ``_resnetv2`` does not override).
+TIMM04_STD_EPS = 1e-5
+
+
+class StdConv2dTimm04(nn.Conv2d):
+    """A weight-standardised convolution as GETAM's bundled timm 0.4 computes it
+    (weixuansun/GETAM ``models/layers/std_conv.py``, ``StdConv2d`` / ``StdConv2dSame``).
+
+    Each output filter is standardised over its ``in x kh x kw`` entries with the *biased* standard
+    deviation plus epsilon, ``(w - mean) / (std + eps)`` (timm 1.x: ``(w - mean) / sqrt(var + eps)``
+    with eps 1e-8 for the R50 hybrid). ``same_pad``: TensorFlow-style "SAME" padding computed from the
+    input size (timm's ``pad_same``: the odd pixel goes to the bottom/right), used where the static
+    padding cannot express it (strided layers); otherwise ``padding`` is the static one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = "SAME", dilation: Any = 1, groups: int = 1, bias: bool = False,
+                 eps: float = TIMM04_STD_EPS, device: Any = None, dtype: Any = None):
+        from timm.layers.padding import get_padding_value
+
+        same_pad = False
+        if isinstance(padding, str):
+            padding, same_pad = get_padding_value(padding, kernel_size, stride=stride, dilation=dilation)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype)
+        self.same_pad = bool(same_pad)
+        self.eps = float(eps)
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d, eps: float = TIMM04_STD_EPS) -> StdConv2dTimm04:
+        """The same layer (shapes, stride, padding, dilation, groups, the very parameter tensors) with the
+        timm-0.4 formula."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                  padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                  eps=eps, device="meta")
+        new.same_pad = bool(getattr(conv, "same_pad", False))
+        new.weight = conv.weight
+        new.bias = conv.bias
+        return new
+
+    def standardised_weight(self) -> torch.Tensor:
+        std, mean = torch.std_mean(self.weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return (self.weight - mean) / (std + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_pad:
+            from timm.layers.padding import pad_same
+
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return F.conv2d(x, self.standardised_weight(), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+def use_timm04_weight_standardisation(model: nn.Module) -> int:
+    """Replace every timm weight-standardised convolution (``StdConv2d``, ``StdConv2dSame``) in ``model``
+    by :class:`StdConv2dTimm04` (GETAM's formula); returns how many were replaced."""
+    from timm.layers import StdConv2d, StdConv2dSame
+
+    count = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, (StdConv2d, StdConv2dSame)):
+                setattr(module, child_name, StdConv2dTimm04.like(child))
+                count += 1
+    return count
+
+
 def _build_hybrid_demo(**kwargs: Any) -> VisionTransformer:
     """A small R50+ViT-style hybrid (timm's ``HybridEmbed`` on a ResNet-V2 trunk, as in
     ``vit_base_r50_s16_384``) for the demo: ResNet-V2 with one bottleneck block in each of two stages
@@ -88,7 +162,8 @@ def build_vit(name: str, **overrides: Any) -> VisionTransformer:
     """Build the ViT ``name`` of :data:`VIT_SPECS`, randomly initialised, never downloading.
 
     ``overrides`` go to the timm factory (e.g. ``img_size``); ``num_classes`` is forced to 0 so
-    that no classification head exists (adapters drop the checkpoint's ImageNet head).
+    that no classification head exists (adapters drop the checkpoint's ImageNet head). A hybrid's
+    ResNet-V2 trunk gets GETAM's timm-0.4 weight standardisation (:class:`StdConv2dTimm04`).
     """
     if name not in VIT_SPECS:
         raise WsssBenchError(f"unknown ViT {name!r} (choose from {', '.join(VIT_SPECS)})")
@@ -98,6 +173,8 @@ def build_vit(name: str, **overrides: Any) -> VisionTransformer:
         model = _build_hybrid_demo(**kwargs)
     else:
         model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    if getattr(model.patch_embed, "backbone", None) is not None:  # a hybrid: GETAM's timm-0.4 formula
+        use_timm04_weight_standardisation(model.patch_embed.backbone)
     model.eval()
     return model
 
