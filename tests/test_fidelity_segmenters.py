@@ -466,39 +466,6 @@ def getam_hybrid(tmp_path_factory):
     return seg, img, ref
 
 
-def timm04_standardisation(model: torch.nn.Module, mp: pytest.MonkeyPatch) -> int:
-    """Make every timm ``StdConv2dSame`` of ``model`` compute timm 0.4's ``(w - mean) / (std + 1e-5)``
-    (what ``backbones/vit.py`` is to build); returns how many were patched."""
-    from timm.layers import StdConv2dSame
-    from timm.layers.padding import pad_same
-
-    def forward(self, x):
-        if self.same_pad:
-            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        std, mean = torch.std_mean(self.weight, dim=[1, 2, 3], keepdim=True, unbiased=False)
-        w = (self.weight - mean) / (std + 1e-5)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    n = 0
-    for m in model.modules():
-        if isinstance(m, StdConv2dSame):
-            mp.setattr(m, "forward", forward.__get__(m))
-            n += 1
-    return n
-
-
-def test_getam_hybrid_native_equals_test_py_given_timm04_standardisation(getam_hybrid, monkeypatch):
-    """Everything but the trunk's weight standardisation (owned by ``backbones/vit.py``) is exact."""
-    seg, img, ref = getam_hybrid
-    assert timm04_standardisation(seg.model, monkeypatch) > 0
-    with torch.no_grad():
-        rel, wrong = check(ours(seg, img), ref)
-    assert rel <= REL_TOL and wrong == 0, (rel, wrong)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="backbones/vit.py still builds the hybrid with timm 1.x's weight "
-                   "standardisation (w - mean) / sqrt(var + 1e-8); GETAM's timm 0.4 computes (w - mean) / (std + 1e-5) "
-                   "(issue 20 item 3, another branch)")
 def test_getam_hybrid_native_equals_test_py(getam_hybrid):
     seg, img, ref = getam_hybrid
     with torch.no_grad():

@@ -55,6 +55,8 @@ def test_official_checkpoint_loads_strictly_and_maps_match_stepwise_forward(tmp_
     for adapter, ref in ((lam_adapter, ref_lam), (cam_adapter, ref_cam)):
         with torch.no_grad():
             out = adapter.forward_maps(x, classes)
+            if adapter is cam_adapter:  # the raw grid CAM; the runner upsamples, then activate() (ReLU)
+                out = adapter.activate(F.interpolate(out, size=size, mode="bilinear", align_corners=False))
         assert out.shape == (2, 3, *ref.shape[-2:])
         scale = ref.abs().max()
         torch.testing.assert_close(out / scale, ref[:, classes] / scale, atol=1e-4, rtol=0)
@@ -74,12 +76,15 @@ def test_lam_is_not_clamped_and_cam_is_relu(tmp_path):
         cam = cam_adapter.forward_maps(x, classes)
         raw_cam = F.conv2d(cam_adapter.model.features(x)[1], cam_adapter.model.classifier.weight)
     assert (lam < 0).any() and (lam > 0).any()
+    assert torch.equal(lam_adapter.activate(lam), lam)  # the LAM is never clamped
     assert (raw_cam < 0).any()
-    # upsampled to the view, then ReLU (not the other way round), as multi_scale_cam2 orders it
+    torch.testing.assert_close(cam, raw_cam, atol=1e-6, rtol=0)  # the raw grid CAM
+    # the runner upsamples to the fusion size, then activate() applies the ReLU (not the other way
+    # round), as multi_scale_cam2 orders it
     up = F.interpolate(raw_cam, size=(48, 48), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(cam, up.clamp(min=0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cam_adapter.activate(up), up.clamp(min=0), atol=0, rtol=0)
     relu_first = F.interpolate(raw_cam.clamp(min=0), size=(48, 48), mode="bilinear", align_corners=False)
-    assert not torch.allclose(cam, relu_first, atol=1e-3)
+    assert not torch.allclose(cam_adapter.activate(up), relu_first, atol=1e-3)
 
 
 def test_checkpoint_without_module_prefix_loads(tmp_path):

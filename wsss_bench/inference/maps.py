@@ -63,7 +63,7 @@ def compute_maps(adapter: MethodAdapter, samples: list[Any], settings: Inference
     grad = torch.enable_grad() if adapter.needs_grad else torch.no_grad()
     with grad, autocast_context(device, precision):
         outs = [adapter.forward_maps(v, union.to(device)).detach().float() for _, v in views]
-    fused = fuse_views(outs, (H, W), settings, len(samples))  # [B, K_union, h, w]
+    fused = fuse_views(outs, (H, W), settings, len(samples), adapter.activate)  # [B, K_union, h, w]
     if not bool(torch.isfinite(fused).all()):
         ids = ", ".join(str(s.id) for s in samples)
         raise WsssBenchError(f"{adapter.name} produced NaN or infinite maps for image {ids} "

@@ -18,7 +18,7 @@ Pure functions, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -145,26 +145,32 @@ def upsampled_size(target: tuple[int, int], settings: InferenceSettings) -> tupl
 
 
 def fuse_views(maps_per_scale: list[torch.Tensor], image_size: tuple[int, int], settings: InferenceSettings,
-               batch: int) -> torch.Tensor:
+               batch: int, activate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Fuse per-scale raw maps [B * F, K, h', w'] (F = 2 with flip) into un-normalised [B, K, h, w]
-    at the fusion size (:func:`fusion_size`)."""
+    at the fusion size (:func:`fusion_size`). ``activate`` (the adapter's
+    :meth:`~wsss_bench.methods.base.MethodAdapter.activate`) is applied to every view's map once it
+    is upsampled, before flips and scales are fused (MoRe's CAM: ReLU after upsampling to 448)."""
     target = fusion_size(image_size, settings)
     up_size = upsampled_size(target, settings)
     fused: torch.Tensor | None = None
     for maps in maps_per_scale:
         maps = maps.float()
+
+        def up(x: torch.Tensor) -> torch.Tensor:
+            x = bilinear(x, up_size, settings.align_corners)
+            return activate(x) if activate is not None else x
+
         if settings.flip and settings.flip_fuse_at == "output":  # IRN: mirror added at the network's size
             m = maps.view(batch, 2, *maps.shape[1:])
             a, b = m[:, 0], m[:, 1].flip(-1)
-            views = [bilinear(a + b if settings.flip_fusion == "sum" else torch.maximum(a, b), up_size,
-                              settings.align_corners)]
+            views = [up(a + b if settings.flip_fusion == "sum" else torch.maximum(a, b))]
         elif settings.flip:
-            up = bilinear(maps, up_size, settings.align_corners).view(batch, 2, maps.shape[1], *up_size)
-            a, b = up[:, 0], up[:, 1].flip(-1)
+            u = up(maps).view(batch, 2, maps.shape[1], *up_size)
+            a, b = u[:, 0], u[:, 1].flip(-1)
             # sums add each view on its own, in order (EDAM's np.sum over its 8 maps)
             views = [a, b] if settings.flip_fusion == "sum" else [torch.maximum(a, b)]
         else:
-            views = [bilinear(maps, up_size, settings.align_corners)]
+            views = [up(maps)]
         for view in views:
             view = view[..., : target[0], : target[1]]
             if fused is None:
@@ -180,7 +186,10 @@ def fuse_views(maps_per_scale: list[torch.Tensor], image_size: tuple[int, int], 
 def normalise_maps(maps: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
     """Per-class normalisation of [..., K, H, W] maps: ``max`` -> clamp(m, 0) / (max + eps);
     ``minmax`` -> (m - min) / (max(m - min) + eps). A map whose denominator is 0 (all zero with
-    eps = 0, as EDAM's division without epsilon would give NaN) becomes all zero."""
+    eps = 0, as EDAM's division without epsilon would give NaN) becomes all zero. ``none``: unchanged
+    (the adapter normalised each view itself)."""
+    if settings.normalization == "none":
+        return maps
     if settings.normalization == "minmax":
         maps = maps - maps.amin(dim=(-2, -1), keepdim=True)
     else:

@@ -89,7 +89,7 @@ FUSIONS = ("sum", "max")
 #: ``output`` = at the network's output size, before upsampling (IRN ``net/resnet50_cam.py``
 #: ``CAM.forward``: ``x[0] + x[1].flip(-1)``).
 FLIP_FUSE_AT = ("image", "output")
-NORMALIZATIONS = ("max", "minmax")
+NORMALIZATIONS = ("max", "minmax", "none")
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ class InferenceSettings:
     ``scale_fusion``; normalise each class map (``normalization``, ``eps``); when fused at the input
     size, resize the normalised maps bilinearly to the image size.
 
-    - ``normalization``: ``max`` (clamp at 0, divide by max + eps) or ``minmax`` (subtract the min,
-      divide by max + eps).
+    - ``normalization``: ``max`` (clamp at 0, divide by max + eps), ``minmax`` (subtract the min,
+      divide by max + eps) or ``none`` (the adapter normalises each view itself, as GETAM).
     - ``eps``: the epsilon of the normalisation (EDAM uses 0).
     - ``background``: the method's own background rule (the sweep covers every threshold anyway).
     """
@@ -234,6 +234,12 @@ class MethodAdapter:
         them bilinearly to the image size with ``native.align_corners``).
         """
         raise NotImplementedError
+
+    def activate(self, maps: torch.Tensor) -> torch.Tensor:
+        """Applied by the runner to each view's map after it is upsampled to the fusion size and before
+        flips and scales are fused; the identity unless a method's official code activates there
+        (MoRe's CAM: ReLU after upsampling, which does not commute with bilinear upsampling)."""
+        return maps
 
     # -- provided ------------------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ from wsss_bench.methods.backbones.vit import (
     tokens_to_grid,
     vit_forward,
 )
-from wsss_bench.methods.base import NORMALIZATIONS, Background, InferenceSettings, MethodAdapter
+from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
 
 #: GETAM resizes its position embedding bilinearly (``models/vision_transformer.py``).
 GETAM_POS_MODE = "bilinear"
@@ -110,10 +110,9 @@ DEMO_CROP_SIZE = 96
 #: The paper's background power (``compute_seg_label_3``: ``(1 - max) ** 32``).
 GETAM_BACKGROUND = Background("power", 32)
 #: The adapter divides each map by its max + 1e-5 (GETAM's normalisation); at native settings the
-#: runner must leave the maps as they are: ``"none"``. Until the pipeline offers it, the runner's
-#: ``"max"`` (eps 1e-5) divides a second time: a relative change of about 1e-5 / max, negligible for
-#: maps whose maximum is near 1, large for a weak classifier whose maxima are near the epsilon.
-NATIVE_NORMALIZATION = "none" if "none" in NORMALIZATIONS else "max"
+#: runner leaves the maps as they are (``"none"``): dividing a second time would change the maps of a
+#: weak classifier (maxima near the epsilon) a lot.
+NATIVE_NORMALIZATION = "none"
 
 
 def default_crop_size(backbone: str) -> int:

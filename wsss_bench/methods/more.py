@@ -225,8 +225,10 @@ class MoReAdapter(MethodAdapter):
         ``map="lam"``: the **raw** LAM ``[V, K, H/16, W/16]``, which can be negative; the official
         inference min-max normalises it without a ReLU, so this adapter leaves the sign to the runner's
         min-max (native settings; the standard protocol's max normalisation clamps negatives to 0).
-        ``map="cam"``: ``[V, K, H, W]``, the classifier on the patch map upsampled bilinearly to the view
-        size, then ReLU (non-negative), in the order of ``multi_scale_cam2``.
+        ``map="cam"``: the **raw** CAM ``[V, K, H/16, W/16]`` (the classifier on the patch map);
+        ``multi_scale_cam2`` upsamples each view's CAM to 448 x 448 and only then applies the ReLU, which
+        :meth:`activate` does in the runner at the fusion size (ReLU and bilinear upsampling do not
+        commute; ReLU and the max over flips do).
         """
         if self.model is None:
             self.build()
@@ -235,8 +237,8 @@ class MoReAdapter(MethodAdapter):
         if self.hparams["map"] == "lam":
             return model.lam(views)[:, classes]
         _, patch_map = model.features(views)
-        cam = F.conv2d(patch_map, model.classifier.weight[classes])
-        # multi_scale_cam2 upsamples the raw CAM to the input size and applies the ReLU after that
-        # (ReLU and bilinear upsampling do not commute), so do the same before handing it on
-        cam = F.interpolate(cam, size=views.shape[-2:], mode="bilinear", align_corners=False)
-        return F.relu(cam)
+        return F.conv2d(patch_map, model.classifier.weight[classes])
+
+    def activate(self, maps: torch.Tensor) -> torch.Tensor:
+        """The CAM's ReLU, after upsampling to the fusion size (``multi_scale_cam2``); the LAM has none."""
+        return F.relu(maps) if self.hparams["map"] == "cam" else maps
