@@ -354,15 +354,20 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class PseudoLabelTrainSet(Dataset):
-    """Map-style dataset indexed by the global sample index ``g`` (see the module docstring)."""
+    """Map-style dataset indexed by the global sample index ``g`` (see the module docstring). Decoded
+    images are cached per process up to ``cache_mb`` (the whole synthetic set fits; VOC does not)."""
 
     def __init__(self, ds: SegDataset, pseudo_dir: str | os.PathLike, spec: AugmentSpec, seed: int, batch: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], channel_order: str, ids: list[str] | None = None):
+                 mean: tuple[float, ...], std: tuple[float, ...], channel_order: str, ids: list[str] | None = None,
+                 cache_mb: float = 256.0):
         self.ds, self.pseudo_dir, self.spec = ds, Path(pseudo_dir), spec
         self.seed, self.batch = int(seed), int(batch)
         self.mean, self.std, self.channel_order = tuple(mean), tuple(std), channel_order
         self.ids = list(ds.ids) if ids is None else list(ids)
         self._perm: tuple[int, np.ndarray] | None = None
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached = 0
 
     def image_index(self, g: int) -> int:
         n = len(self.ids)
@@ -375,6 +380,18 @@ class PseudoLabelTrainSet(Dataset):
         return 2**62
 
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded image and pseudo label; kept in memory (per process) up to ``cache_mb`` in all."""
+        hit = self._cache.get(image_id)
+        if hit is not None:
+            return hit
+        image, label = self._read(image_id)
+        size = image.nbytes + label.nbytes
+        if self._cached + size <= self.cache_bytes:
+            self._cache[image_id] = (image, label)
+            self._cached += size
+        return image, label
+
+    def _read(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         image = read_rgb_image(self.ds.image_path(image_id))
         label = read_index_png(pseudo_path(self.pseudo_dir, image_id))
         if label.shape != image.shape[:2]:
