@@ -35,7 +35,8 @@ def setup(tmp_path_factory):
     pseudo = base / "pseudo"
     shutil.copytree(synth / "SegmentationClass", pseudo)
     # trained batch norms (their statistics synchronised) and the multi-scale loss inside DDP
-    recipe = write_test_recipe(base / "dist.toml", **{"optimizer.lr": 0.002})
+    recipe = write_test_recipe(base / "dist.toml", **{"optimizer.lr": 0.002, "loss.type": "msc",
+                                                      "loss.msc_scales": [0.75, 0.5]})
     return synth, pseudo, recipe
 
 

@@ -396,37 +396,9 @@ def _train(cfg: TrainConfig, recipe: Recipe, dev: torch.device, info: D.DistInfo
     try:
         set_mode()
         for it in range(start, recipe.iterations):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(g["initial_lr"], it, recipe)
-            opt.zero_grad(set_to_none=True)
-            if bn_sync is not None:
-                bn_sync.begin_step()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-            for a in range(accum):
-                x, y = next(batches)
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                index = info.rank * accum + a
-                torch.manual_seed(micro_seed(cfg.seed, it, index))
-                if bn_sync is not None:
-                    bn_sync.begin_micro(index)
-                sync = model.no_sync() if info.active and a < accum - 1 else contextlib.nullcontext()
-                with sync:
-                    with autocast_context(dev, cfg.precision):
-                        loss = model(x, y)
-                    scaled = loss.float() / accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                loss_sum += loss.detach().double()
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if bn_sync is not None:
-                bn_sync.end_step(world * accum, info.active)
-            if info.active:
-                t = loss_sum.cpu() if dist.get_backend() != "nccl" else loss_sum
-                dist.all_reduce(t)
-                loss_sum = t
+            loss_sum = train_step(model, opt, recipe, it, (next(batches) for _ in range(accum)), accum=accum,
+                                  seed=cfg.seed, rank=info.rank, world=world, device=dev, precision=cfg.precision,
+                                  scaler=scaler, bn_sync=bn_sync)
             last_loss = float(loss_sum.item()) / (world * accum)
             if not np.isfinite(last_loss) and scaler is None:
                 raise WsssBenchError(f"training diverged: the loss is {last_loss} at iteration {it + 1}")
@@ -502,6 +474,47 @@ def _train(cfg: TrainConfig, recipe: Recipe, dev: torch.device, info: D.DistInfo
     path = write_record(out, record, counts, stem=name)
     say(f"record: {path}")
     return dataclasses.replace(result, record=record, record_path=path, counts=counts)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, recipe: Recipe, iteration: int,
+               micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *, accum: int, seed: int, rank: int,
+               world: int, device: torch.device, precision: str, scaler: Any = None,
+               bn_sync: BNStatSync | None = None) -> torch.Tensor:
+    """One optimiser step over this rank's ``accum`` micro-batches; returns the sum of their losses
+    over all ranks (float64, on the reducing device). ``model`` is the :class:`TrainObjective`, in DDP
+    when ``world > 1``; the learning rates are set for (0-based) ``iteration`` first."""
+    distributed = world > 1
+    for g in opt.param_groups:
+        g["lr"] = lr_at(g["initial_lr"], iteration, recipe)
+    opt.zero_grad(set_to_none=True)
+    if bn_sync is not None:
+        bn_sync.begin_step()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for a, (x, y) in enumerate(micro_batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        index = rank * accum + a
+        torch.manual_seed(micro_seed(seed, iteration, index))  # dropout: the same whatever the ranks
+        if bn_sync is not None:
+            bn_sync.begin_micro(index)
+        sync = model.no_sync() if distributed and a < accum - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast_context(device, precision):
+                loss = model(x, y)
+            scaled = loss.float() / accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss_sum += loss.detach().double()
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    if bn_sync is not None:
+        bn_sync.end_step(world * accum, distributed)
+    if distributed:
+        t = loss_sum.cpu() if dist.get_backend() != "nccl" else loss_sum
+        dist.all_reduce(t)
+        loss_sum = t
+    return loss_sum
 
 
 def make_optimizer(groups: list[dict[str, Any]], recipe: Recipe) -> torch.optim.Optimizer:
