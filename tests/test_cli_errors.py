@@ -55,6 +55,9 @@ def test_unknown_option_of_every_command_is_one_line_naming_the_command(path, ca
 
 # (argv, fragments the one line must contain: the problem and the hint)
 CASES = [
+    (["train-seg", "--pseudo"], ["--pseudo", "requires an argument", "wsss-bench train-seg --help"]),
+    (["train-seg", "--dataset", "pascal", "--pseudo", "p", "--data-root", "d", "--out", "o"],
+     ["'--dataset'", "'voc'", "'coco'", "'synthetic'"]),
     (["run", "--metod", "cam"], ["No such option: --metod", "--method", "wsss-bench run --help"]),
     (["run", "--batch-size", "abc"], ["'--batch-size'", "'abc'", "integer"]),
     (["run", "--batch-size", "0"], ["'--batch-size'", "greater than or equal to 1"]),

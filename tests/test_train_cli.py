@@ -15,7 +15,7 @@ from PIL import Image
 from train_helpers import cli_main, write_test_recipe
 
 from wsss_bench.data.synthetic import generate
-from wsss_bench.inference.runner import RunConfig, run_method
+from wsss_bench.inference import RunConfig, run_method
 from wsss_bench.records import read_counts, read_record
 from wsss_bench.training.data import PSEUDO_JSON, pseudo_json, write_pseudo_json
 

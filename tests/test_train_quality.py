@@ -21,7 +21,7 @@ from train_helpers import write_test_recipe
 
 from wsss_bench.data import build_dataset
 from wsss_bench.data.synthetic import generate
-from wsss_bench.inference.runner import RunConfig, run_method
+from wsss_bench.inference import RunConfig, run_method
 from wsss_bench.segmenters.registry import create_segmenter
 from wsss_bench.segmenters.runner import run_segmentation
 from wsss_bench.training import TrainConfig, load_recipe, train_segmenter

@@ -69,12 +69,9 @@ def write_test_recipe(path: Path, **changes: Any) -> Path:
 
 
 def cli_main(argv: list[str]) -> int:
-    """``wsss_bench.cli.main`` with the train-seg command registered (until cli.py lists it)."""
+    """``wsss-bench ARGV`` in this process: ``wsss_bench.cli.main``."""
     from wsss_bench import cli
-    from wsss_bench.commands import train_cmd
 
-    if not any(c.name == "train-seg" for c in cli.app.registered_commands):
-        train_cmd.register(cli.app)
     return cli.main(argv)
 
 

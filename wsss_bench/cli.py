@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("wsss_bench.commands.report_cmd", "Paired bootstrap over images: is A's mIoU really higher than B's?"),
     "export-voc-test": ("wsss_bench.commands.report_cmd",
                         "Pack VOC 2012 test predictions for the evaluation server (validated palette PNGs)."),
+    "train-seg": ("wsss_bench.commands.train_cmd",
+                  "Train a segmenter on pseudo labels under a declared recipe, then score it on val."),
     "demo": ("wsss_bench.commands.demo_cmd",
              "The embedded demo: train its small models (run it with `wsss-bench run`)."),
 }

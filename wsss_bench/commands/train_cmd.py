@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from wsss_bench.commands._options import Dataset, Precision, Settings, parse_hparams, value_of
 from wsss_bench.commands._ui import console, pct, summary_lines
 from wsss_bench.errors import WsssBenchError
 
@@ -77,7 +78,7 @@ def train_seg_command(
                                 "255 ignored), e.g. from `wsss-bench run --save-pseudo`."),
     pseudo_record: Path = typer.Option(None, "--pseudo-record", help="The pseudo-label run record (or a "
                                        "wsss-bench-pseudo.json); default: DIR/wsss-bench-pseudo.json if present."),
-    dataset: str = typer.Option("voc", "--dataset", help="voc, coco or synthetic."),
+    dataset: Dataset = typer.Option(Dataset("voc"), "--dataset", help="Dataset."),
     data_root: Path = typer.Option(..., "--data-root", help="Dataset root folder."),
     split: str = typer.Option("train_aug", "--split", help="Training split (its ids must all have a PNG)."),
     val_split: str = typer.Option("val", "--val-split", help="Split the trained segmenter is scored on."),
@@ -91,14 +92,17 @@ def train_seg_command(
     name: str = typer.Option(None, "--name", help="Record name (default: <pseudo record>-<recipe>)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, sampling and augmentation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (cuda:LOCAL_RANK under torchrun)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast; fp16 on CUDA only)."),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes per rank."),
-    settings: str = typer.Option(None, "--settings", help="Test-time protocol on val (default: the recipe's, standard)."),
-    iterations: int = typer.Option(None, "--iterations", help="Override the recipe's iterations (recorded)."),
-    micro_batch: int = typer.Option(None, "--micro-batch", help="Override the samples per forward pass (recorded; "
-                                    "with trained batch norms it changes their statistics)."),
-    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint every N iterations."),
-    eval_batch_size: int = typer.Option(1, "--eval-batch-size", help="Same-size val images per forward pass."),
+    precision: Precision = typer.Option(Precision("fp32"), "--precision",
+                                        help="Autocast precision (fp16 on CUDA only)."),
+    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes per rank."),
+    settings: Settings = typer.Option(None, "--settings",
+                                      help="Test-time protocol on val (default: the recipe's, standard)."),
+    iterations: int = typer.Option(None, "--iterations", min=1, help="Override the recipe's iterations (recorded)."),
+    micro_batch: int = typer.Option(None, "--micro-batch", min=1, help="Override the samples per forward pass "
+                                    "(recorded; with trained batch norms it changes their statistics)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", min=1, help="Checkpoint every N iterations."),
+    eval_batch_size: int = typer.Option(1, "--eval-batch-size", min=1,
+                                        help="Same-size val images per forward pass."),
     data_opt: list[str] = typer.Option(None, "--data-opt", help="Dataset option KEY=VALUE (repeatable)."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard a previous run in --out instead of resuming it."),
 ) -> None:
@@ -113,7 +117,6 @@ def train_seg_command(
       [bold]torchrun --nproc-per-node 2 -m wsss_bench train-seg --pseudo pseudo/cam ... --device cuda --precision bf16 --out seg/cam[/bold]
       [bold]wsss-bench train-seg --pseudo shapes/SegmentationClass --dataset synthetic --data-root shapes --split train --recipe tiny-synthetic --out seg/gt[/bold]
     """
-    from wsss_bench.commands.run_cmd import parse_hparams
     from wsss_bench.training.loop import TrainConfig, resolve_recipe, train_segmenter
     from wsss_bench.training.recipes import recipe_names
 
@@ -121,12 +124,13 @@ def train_seg_command(
         if segmenter is None:
             raise WsssBenchError("give --recipe NAME (or --segmenter, for the recipe <segmenter>-<dataset>); "
                                  f"packaged recipes: {', '.join(recipe_names())}")
-        recipe = f"{segmenter}-{dataset}"
+        recipe = f"{segmenter}-{value_of(dataset)}"
     cfg = TrainConfig(
-        pseudo_dir=str(pseudo), data_root=str(data_root), out=str(out), dataset=dataset, split=split,
+        pseudo_dir=str(pseudo), data_root=str(data_root), out=str(out), dataset=value_of(dataset), split=split,
         val_split=val_split, recipe=recipe, segmenter=segmenter, init=None if init is None else str(init),
         pseudo_record=None if pseudo_record is None else str(pseudo_record), seed=seed, device=device,
-        precision=precision, workers=workers, name=name, settings=settings, iterations=iterations,
+        precision=value_of(precision), workers=workers, name=name, settings=value_of(settings),
+        iterations=iterations,
         micro_batch=micro_batch, checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size, fresh=fresh,
         dataset_options=parse_hparams(data_opt, "--data-opt"))
     main_rank = _rank() == 0

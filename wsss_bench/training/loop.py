@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from wsss_bench.errors import CarryUserErrors, WsssBenchError, _CarriedError, raise_carried
 from wsss_bench.inference import distributed as D
-from wsss_bench.inference.runner import autocast_context, resolve_device
+from wsss_bench.inference.device import autocast_context, resolve_device
 from wsss_bench.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from wsss_bench.records import slug, write_record
 from wsss_bench.training import data as TD
