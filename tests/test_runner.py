@@ -19,6 +19,7 @@ from wsss_bench.data.classes import voc_palette
 from wsss_bench.data.synthetic import generate
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.inference import RunConfig, run_method
+from wsss_bench.inference.pseudo import hard_label
 from wsss_bench.methods.cam import CAMAdapter
 
 
@@ -81,6 +82,35 @@ def test_pseudo_labels_agree_with_the_record_threshold(synth, tiny_cam_ckpt, tmp
                                data_root=str(synth), out=str(tmp_path / "o"), save_pseudo=str(tmp_path / "p")))
     rec, _ = eval_predictions(tmp_path / "p", GroundTruth.from_dataset(build_dataset("synthetic", synth, "train")))
     assert rec["metrics"]["miou"] == pytest.approx(res.record["metrics"]["miou"], abs=1e-12)
+    # the provenance train-seg reads: the record's name, threshold and the PNGs' own mIoU
+    prov = json.loads((tmp_path / "p" / "wsss-bench-pseudo.json").read_text())
+    assert prov["record"] == res.record["name"] and prov["method"] == "cam"
+    assert prov["threshold_rule"] == "best" and prov["threshold"] == res.record["best_threshold"]
+    assert prov["labels_miou"] == pytest.approx(rec["metrics"]["miou"], abs=1e-12)
+    assert prov["fingerprint"] == res.record["fingerprint"] == rec["fingerprint"]
+    assert res.record["pseudo_threshold_rule"] == "best" and res.record["pseudo_labels_miou"] == prov["labels_miou"]
+
+
+def test_native_pseudo_labels_use_the_exact_power_rule(synth, tmp_path):
+    """Native pseudo labels: under GETAM's power rule a pixel is foreground exactly where
+    m > (1 - m) ** 32 (not at the 0.08 grid point, ties to background); a ``--threshold native`` run
+    records its rule and the PNGs' own mIoU."""
+    from wsss_bench.data import build_dataset
+    from wsss_bench.evaluate import GroundTruth, eval_predictions
+    from wsss_bench.methods.base import Background
+
+    maps = torch.rand(2, 9, 11, generator=torch.Generator().manual_seed(0))
+    maps[0, 0, 0] = Background("power", 32).threshold()  # a tie goes to the background
+    got = hard_label(maps, np.array([2, 5]), ("power", 32.0))
+    m, k = maps.max(dim=0)
+    want = np.where((m > (1 - m) ** 32).numpy(), np.array([2, 5])[k.numpy()], 0)
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 0] == 0 and (got > 0).any() and (got == 0).sum() > 1
+    res = run_method(RunConfig(method="center-prior", data_root=str(synth), out=str(tmp_path / "o"),
+                               save_pseudo=str(tmp_path / "p"), threshold="native"))
+    rec, _ = eval_predictions(tmp_path / "p", GroundTruth.from_dataset(build_dataset("synthetic", synth, "train")))
+    assert res.record["pseudo_labels_miou"] == pytest.approx(rec["metrics"]["miou"], abs=1e-12)
+    assert res.record["pseudo_rule"] == {"rule": "constant", "value": 0.5}
 
 
 def test_interrupted_run_resumes_to_the_same_record(synth, tiny_cam_ckpt, tmp_path):

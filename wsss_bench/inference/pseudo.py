@@ -9,6 +9,7 @@ can name its provenance.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,11 @@ from wsss_bench.errors import WsssBenchError
 from wsss_bench.inference.cache import read_maps
 from wsss_bench.io import atomic_write_json, write_index_png
 
-PSEUDO_MANIFEST = "wsss-bench-pseudo.json"
+PSEUDO_JSON = "wsss-bench-pseudo.json"
+PSEUDO_FORMAT = "wsss-bench-pseudo"
+PSEUDO_VERSION = 1
+PSEUDO_KEYS = ("format", "version", "record", "record_file", "method", "settings", "fingerprint", "dataset",
+               "split", "num_images", "miou", "threshold", "threshold_rule", "labels_miou", "ignore_band")
 
 
 def label_rule(threshold: str, res: dict[str, Any], native: tuple[str, float]) -> tuple[str, float]:
@@ -62,24 +67,46 @@ def hard_label(maps: torch.Tensor, classes: np.ndarray, rule: tuple[str, float],
     return label.to(torch.uint8).cpu().numpy()
 
 
-def write_pseudo_labels(ids: list[str], cams_dir: Path, out_dir: Path, rule: tuple[str, float],
-                        ignore_band: tuple[float, float] | None, palette: np.ndarray | None) -> None:
-    """VOC-palette PNG pseudo labels, read back from the map cache this run wrote."""
+def write_pseudo_labels(ds: Any, ids: list[str], cams_dir: Path, out_dir: Path, rule: tuple[str, float],
+                        ignore_band: tuple[float, float] | None, evaluator: Any = None) -> None:
+    """VOC-palette PNG pseudo labels, read back from the map cache this run wrote. With ``evaluator``
+    (a :class:`~wsss_bench.metrics.confusion.ConfusionEvaluator`), each label is also scored against
+    the ground truth, so the mIoU of the PNGs themselves is known exactly."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_id in ids:
         classes, scores = read_maps(cams_dir, image_id)
         label = hard_label(torch.from_numpy(scores.astype(np.float32)), classes, rule, ignore_band)
-        write_index_png(out_dir / f"{image_id}.png", label, palette)
+        write_index_png(out_dir / f"{image_id}.png", label, ds.classes.palette)
+        if evaluator is not None:
+            evaluator.update(torch.from_numpy(label), torch.from_numpy(ds.load_mask(image_id)), image_id=image_id)
 
 
-def write_pseudo_manifest(out_dir: Path, record: dict[str, Any], rule: tuple[str, float], threshold: str,
-                          ignore_band: tuple[float, float] | None) -> None:
-    """``wsss-bench-pseudo.json``: the provenance of the PNGs, for ``train-seg``'s record."""
-    atomic_write_json(out_dir / PSEUDO_MANIFEST, {
-        "format": 1, "record": record.get("name"), "method": record.get("method"),
-        "settings": (record.get("settings") or {}).get("name"), "dataset": record["dataset"],
-        "split": record["split"], "fingerprint": record["fingerprint"], "num_images": record["num_images"],
-        "threshold": {"choice": threshold, "rule": rule[0], "value": rule[1]},
-        "ignore_band": None if ignore_band is None else list(ignore_band),
-        "miou": record["metrics"]["miou"], "protocol_version": record["protocol_version"],
-    })
+def pseudo_json(record: dict[str, Any], threshold: float | None, threshold_rule: str,
+                labels_miou: float | None = None, ignore_band: tuple[float, float] | None = None,
+                record_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ``wsss-bench-pseudo.json`` content for PNGs made from pseudo-label ``record``:
+    ``{"format": "wsss-bench-pseudo", "version": 1, "record", "record_file", "method", "settings",
+    "fingerprint", "dataset", "split", "num_images", "miou" (the record's best-threshold mIoU),
+    "threshold" (the threshold the PNGs were made at; for a power rule its equivalent constant),
+    "threshold_rule" ("best" | "native" | "calibrated" | "value"), "labels_miou" (the mIoU of the PNGs
+    themselves), "ignore_band"}``. It has no ``kind``/``metrics`` keys, so report readers never take
+    it for a record."""
+    settings = record.get("settings")
+    return {
+        "format": PSEUDO_FORMAT, "version": PSEUDO_VERSION, "record": record.get("name"),
+        "record_file": None if record_file is None else os.path.abspath(record_file),
+        "method": record.get("method"),
+        "settings": settings.get("name") if isinstance(settings, dict) else settings,
+        "fingerprint": record.get("fingerprint"), "dataset": record.get("dataset"), "split": record.get("split"),
+        "num_images": record.get("num_images"), "miou": (record.get("metrics") or {}).get("miou"),
+        "threshold": None if threshold is None else float(threshold), "threshold_rule": threshold_rule,
+        "labels_miou": None if labels_miou is None else float(labels_miou),
+        "ignore_band": None if ignore_band is None else [float(v) for v in ignore_band],
+    }
+
+
+def write_pseudo_json(pseudo_dir: str | os.PathLike, content: dict[str, Any]) -> Path:
+    """Write ``content`` (from :func:`pseudo_json`) as ``<pseudo_dir>/wsss-bench-pseudo.json``, atomically."""
+    path = Path(pseudo_dir) / PSEUDO_JSON
+    atomic_write_json(path, content)
+    return path

@@ -31,8 +31,9 @@ from wsss_bench.inference.config import RunConfig
 from wsss_bench.inference.device import peak_memory, resolve_device
 from wsss_bench.inference.loading import Items, batches, iterate
 from wsss_bench.inference.maps import build_adapter, compute_maps, resolve_settings
-from wsss_bench.inference.pseudo import label_rule, write_pseudo_labels, write_pseudo_manifest
+from wsss_bench.inference.pseudo import label_rule, pseudo_json, write_pseudo_json, write_pseudo_labels
 from wsss_bench.inference.refinement import make_refiner, refinement_params
+from wsss_bench.methods.base import Background
 from wsss_bench.metrics.confusion import ConfusionEvaluator
 from wsss_bench.metrics.sweep import SweepEvaluator
 from wsss_bench.records import new_record, slug, write_record
@@ -162,10 +163,16 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
     seconds = D.all_max_float(seconds, info)
     res = ev.results(native_threshold=settings.background.threshold())
 
-    rule = None
+    rule, labels_miou = None, None
     if cfg.save_pseudo:
         rule = label_rule(cfg.threshold, res, native)
-        write_pseudo_labels(my_ids, cams_dir, Path(cfg.save_pseudo), rule, cfg.ignore_band, ds.classes.palette)
+        # the PNGs are scored as they are written (exactly, for any rule); with an ignore band their
+        # 255 pixels are unlabelled, which the hard-mask protocol does not score, so no number is given
+        label_ev = ConfusionEvaluator(ds.classes.num_classes) if cfg.ignore_band is None else None
+        write_pseudo_labels(ds, my_ids, cams_dir, Path(cfg.save_pseudo), rule, cfg.ignore_band, label_ev)
+        if label_ev is not None:
+            D.sync_evaluator(label_ev, info)
+            labels_miou = label_ev.metrics()["miou"]
         D.barrier(info)
 
     if not info.is_main:
@@ -188,10 +195,16 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
         **res, **dict(adapter.record_fields),
     )
     record["counts_threshold"] = res["best_threshold"]
+    if rule is not None:
+        threshold_rule = cfg.threshold if cfg.threshold in ("best", "native", "calibrated") else "value"
+        t_equiv = rule[1] if rule[0] == "constant" else Background(*rule).threshold()
+        record.update(pseudo_threshold=t_equiv, pseudo_threshold_rule=threshold_rule,
+                      pseudo_rule={"rule": rule[0], "value": rule[1]}, pseudo_labels_miou=labels_miou)
     path = write_record(out, record, counts, stem=name)
     log(f"record: {path}")
-    if cfg.save_pseudo and rule is not None:
-        write_pseudo_manifest(Path(cfg.save_pseudo), record, rule, cfg.threshold, cfg.ignore_band)
+    if rule is not None:
+        write_pseudo_json(cfg.save_pseudo, pseudo_json(record, t_equiv, threshold_rule, labels_miou,
+                                                       cfg.ignore_band, record_file=path))
     if ref_ev is not None:
         refined = {k: v for k, v in record.items()
                    if k not in ("sweep", "best_threshold", "best_threshold_index", "calibrated", "native",

@@ -47,14 +47,15 @@ from torch.utils.data import Dataset, Sampler
 
 from wsss_bench.data.base import SegDataset, safe_join
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.io import atomic_write_json, read_index_png, read_rgb_image
-
-PSEUDO_JSON = "wsss-bench-pseudo.json"
-PSEUDO_FORMAT = "wsss-bench-pseudo"
-PSEUDO_VERSION = 1
-PSEUDO_KEYS = ("format", "version", "record", "record_file", "method", "settings", "fingerprint", "dataset",
-               "split", "num_images", "miou", "threshold", "threshold_rule", "labels_miou", "ignore_band")
-
+from wsss_bench.inference.pseudo import (  # noqa: F401 - pseudo_json and write_pseudo_json are re-exported
+    PSEUDO_FORMAT,
+    PSEUDO_JSON,
+    PSEUDO_KEYS,
+    PSEUDO_VERSION,
+    pseudo_json,
+    write_pseudo_json,
+)
+from wsss_bench.io import read_index_png, read_rgb_image
 
 # ----------------------------------------------------------------------------------------------
 # Provenance
@@ -77,31 +78,6 @@ class PseudoSource:
     labels_miou: float | None = None
     dataset: str | None = None
     split: str | None = None
-
-
-def pseudo_json(record: dict[str, Any], threshold: float | None, threshold_rule: str,
-                labels_miou: float | None = None, ignore_band: tuple[float, float] | None = None,
-                record_file: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The ``wsss-bench-pseudo.json`` content for PNGs made from pseudo-label ``record``."""
-    settings = record.get("settings")
-    return {
-        "format": PSEUDO_FORMAT, "version": PSEUDO_VERSION, "record": record.get("name"),
-        "record_file": None if record_file is None else os.path.abspath(record_file),
-        "method": record.get("method"),
-        "settings": settings.get("name") if isinstance(settings, dict) else settings,
-        "fingerprint": record.get("fingerprint"), "dataset": record.get("dataset"), "split": record.get("split"),
-        "num_images": record.get("num_images"), "miou": (record.get("metrics") or {}).get("miou"),
-        "threshold": None if threshold is None else float(threshold), "threshold_rule": threshold_rule,
-        "labels_miou": None if labels_miou is None else float(labels_miou),
-        "ignore_band": None if ignore_band is None else [float(v) for v in ignore_band],
-    }
-
-
-def write_pseudo_json(pseudo_dir: str | os.PathLike, content: dict[str, Any]) -> Path:
-    """Write ``content`` (from :func:`pseudo_json`) as ``<pseudo_dir>/wsss-bench-pseudo.json``, atomically."""
-    path = Path(pseudo_dir) / PSEUDO_JSON
-    atomic_write_json(path, content)
-    return path
 
 
 def _read_json(path: Path) -> dict[str, Any]:
