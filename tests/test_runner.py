@@ -100,12 +100,13 @@ def test_native_pseudo_labels_use_the_exact_power_rule(synth, tmp_path):
     from wsss_bench.methods.base import Background
 
     maps = torch.rand(2, 9, 11, generator=torch.Generator().manual_seed(0))
-    maps[0, 0, 0] = Background("power", 32).threshold()  # a tie goes to the background
+    maps[:, 0, 0], maps[:, 0, 1] = 0.075, 0.079  # either side of t* = 0.0770 (the 0.08 grid point would
     got = hard_label(maps, np.array([2, 5]), ("power", 32.0))
     m, k = maps.max(dim=0)
     want = np.where((m > (1 - m) ** 32).numpy(), np.array([2, 5])[k.numpy()], 0)
     np.testing.assert_array_equal(got, want)
-    assert got[0, 0] == 0 and (got > 0).any() and (got == 0).sum() > 1
+    assert got[0, 0] == 0 and got[0, 1] == 2  # label both background
+    assert Background("power", 32).threshold() == pytest.approx(0.0770, abs=1e-4)
     res = run_method(RunConfig(method="center-prior", data_root=str(synth), out=str(tmp_path / "o"),
                                save_pseudo=str(tmp_path / "p"), threshold="native"))
     rec, _ = eval_predictions(tmp_path / "p", GroundTruth.from_dataset(build_dataset("synthetic", synth, "train")))
