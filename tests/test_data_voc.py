@@ -104,6 +104,19 @@ def test_train_aug_without_aug_masks_is_an_error_naming_the_folder(voc_tree):
     assert e.value.path.endswith("SegmentationClassAug")
 
 
+def test_train_aug_list_without_aug_masks_gives_images_only(voc_tree):
+    """Training a segmenter on pseudo labels needs the train_aug ids and images, not the SBD masks."""
+    import shutil
+
+    shutil.rmtree(voc_tree.root / "SegmentationClassAug")
+    lst = voc_tree.root / "ImageSets" / "Segmentation" / "train_aug.txt"
+    lst.write_text("2007_000001\n2010_000008\n")
+    ds = build_dataset("voc", voc_tree.root, "train_aug")
+    assert ds.ids == ["2007_000001", "2010_000008"] and not ds.has_masks()
+    assert ds.image_path("2007_000001").is_file()
+    assert any("no SegmentationClassAug" in w for w in ds.warnings)
+
+
 @pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "sub/2007_000001", ".."])
 def test_list_entry_that_would_leave_the_root_is_rejected(voc_tree, entry):
     lst = voc_tree.root / "ImageSets" / "Segmentation" / "train.txt"

@@ -94,6 +94,12 @@ class VOCSegmentation(SegDataset):
         super().__init__(vroot, split, classes, ids)
         if split == "test":
             self._mask_dir = None
+        elif split == "train_aug" and not (vroot / "SegmentationClassAug").is_dir():
+            # ids from a train_aug list, but no SBD masks: enough to train on pseudo labels, nothing
+            # to score against (a run that needs masks says so)
+            self._mask_dir = None
+            self.warnings.append("split train_aug has no SegmentationClassAug/ masks: images only "
+                                 "(enough for train-seg on pseudo labels, not for scoring)")
         else:
             self._mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
             require_dir(vroot / self._mask_dir, "mask")
@@ -134,13 +140,13 @@ class VOCSegmentation(SegDataset):
 
     def _train_aug_ids(self, root: Path, on_bad: OnBadEntry) -> list[str]:
         aug = root / "SegmentationClassAug"
-        if not aug.is_dir():
-            raise WsssBenchError("split train_aug needs the SBD masks in SegmentationClassAug/ (folder not found)",
-                                 aug)
         for cand in (self._list_path(root, "train_aug"), root / "train_aug.txt"):
             if cand.is_file():
                 self.list_source = str(cand)
                 return read_id_list(cand, on_bad)
+        if not aug.is_dir():
+            raise WsssBenchError("split train_aug needs a train_aug.txt list or the SBD masks in "
+                                 "SegmentationClassAug/ (neither found)", aug)
         val = set(read_id_list(self._list_path(root, "val"), on_bad))
         self.list_source = "SegmentationClassAug/*.png minus val.txt"
         ids = []
