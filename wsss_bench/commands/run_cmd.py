@@ -241,7 +241,7 @@ def run_command(
     if demo_only:
         raise WsssBenchError(f"{_flags(ctx, demo_only)} {_applies(demo_only)} to the demo only (`wsss-bench run` "
                              f"with no --method, --segmenter or suite file)")
-    cfgs = _configs(ctx, given, config, dict(
+    cfgs, specs = _configs(ctx, given, config, dict(
         method=method, checkpoint=checkpoint, backbone=backbone, hparam=hparam, dataset=value_of(dataset),
         data_root=data_root, split=split, limit=limit, data_opt=data_opt, settings=value_of(settings),
         scales=scales, flip=flip, device=device, precision=value_of(precision), batch_size=batch_size,
@@ -251,12 +251,19 @@ def run_command(
         save_pred=save_pred))
     for cfg in cfgs:  # every run of a suite is checked before the first starts
         preflight(cfg)
-    _execute(cfgs)
+    from wsss_bench.training.chain import check_chains
+
+    trains = check_chains(list(zip(cfgs, specs, strict=True)))  # and every chained training
+    _execute(cfgs, trains)
 
 
-def _configs(ctx: typer.Context, given: list[str], config: Path | None, o: dict[str, Any]) -> list[Any]:
-    """The RunConfigs asked for: one from the options, or one per ``[[run]]`` of a suite file."""
+def _configs(ctx: typer.Context, given: list[str], config: Path | None, o: dict[str, Any]
+             ) -> tuple[list[Any], list[Any]]:
+    """The RunConfigs asked for: one from the options, or one per ``[[run]]`` of a suite file; and
+    for each, its chained training (a :class:`~wsss_bench.training.chain.ChainSpec` from the suite's
+    ``train_seg`` tables, or ``None``)."""
     from wsss_bench.inference import RunConfig, config_from_dict
+    from wsss_bench.training.chain import SUITE_KEY, check_table, parse_spec
 
     def opt_path(p: Path | None) -> str | None:
         return None if p is None else str(p)
@@ -267,10 +274,22 @@ def _configs(ctx: typer.Context, given: list[str], config: Path | None, o: dict[
             raise WsssBenchError(f"{_flags(ctx, ignored)} cannot be combined with a suite file: set them in "
                                  f"its tables (only --out, --device and --workers apply to every run)", config)
         defaults, runs = load_suite(config)
+        chain_defaults = defaults.pop(SUITE_KEY, None)
+        if chain_defaults is not None:
+            chain_defaults = check_table(chain_defaults, f"{config} [{SUITE_KEY}]")
         base = {"device": o["device"], "workers": o["workers"], "out": str(o["out"])}
         override = {k: v for k, v in base.items() if k in given}
-        return [config_from_dict({**base, **defaults, **r, **override}, where=f"{config} [[run]] #{i}")
-                for i, r in enumerate(runs, 1)]
+        cfgs, specs = [], []
+        for i, r in enumerate(runs, 1):
+            where = f"{config} [[run]] #{i}"
+            r = dict(r)
+            chain = r.pop(SUITE_KEY, None)
+            cfgs.append(config_from_dict({**base, **defaults, **r, **override}, where=where))
+            spec = parse_spec(chain_defaults, chain, where)
+            if spec is not None:  # --device and --workers given here apply to the training too
+                spec.values.update({k: v for k, v in override.items() if k in ("device", "workers")})
+            specs.append(spec)
+        return cfgs, specs
     if o["stage"] == "segmentation":
         if o["method"] is not None:
             raise WsssBenchError("--method names a pseudo-label method; --stage segmentation takes --segmenter NAME")
@@ -293,7 +312,7 @@ def _configs(ctx: typer.Context, given: list[str], config: Path | None, o: dict[
         save_pseudo=opt_path(o["save_pseudo"]), threshold=o["threshold"],
         ignore_band=parse_floats(o["ignore_band"], "--ignore-band", 2), num_thresholds=o["num_thresholds"],
         limit=o["limit"], refine=o["refine"], saliency_dir=opt_path(o["saliency"]),
-        dataset_options=parse_hparams(o["data_opt"], "--data-opt"))]
+        dataset_options=parse_hparams(o["data_opt"], "--data-opt"))], [None]
 
 
 def _run_demo(out: Path, images: int | None, device: str, workers: int, jobs: int | None) -> None:
@@ -306,30 +325,53 @@ def _run_demo(out: Path, images: int | None, device: str, workers: int, jobs: in
     run_demo(out=out, images=images, device=device, workers=workers, jobs=jobs)
 
 
-def _execute(cfgs: list[Any]) -> None:
+def _execute(cfgs: list[Any], trains: list[Any] | None = None) -> None:
+    """Run each config; after a run whose suite table chains a training (``trains[i]``, a
+    :class:`~wsss_bench.training.TrainConfig`), train the segmenter on its pseudo labels."""
     from wsss_bench.inference import run_method, run_segmentation_stage
 
     records = []
-    for cfg in cfgs:
+    for cfg, train in zip(cfgs, trains or [None] * len(cfgs), strict=True):
         with progress_bar(cfg.run_name(), unit="images") as update:
             if cfg.stage == "segmentation":
                 res = run_segmentation_stage(cfg, progress=update)
             else:
                 res = run_method(cfg, progress=update)
-        if res.record is None:  # another torchrun rank
-            continue
-        label = f"[bold]{escape(cfg.run_name())}[/bold]"
-        if res.record.get("kind") == "export":
-            console.print(f"{label}: {res.record['num_images']} predictions in "
-                          f"{escape(str(res.record['predictions']))}; VOC server archive: "
-                          f"{escape(str(res.record.get('export')))}")
-            continue
-        records.append(res.record)
-        for line in summary_lines(res.record):
-            console.print(f"{label}: {escape(line)}")
-        console.print(f"record: {escape(str(res.record_path))}")
+        if res.record is not None:  # None: another torchrun rank
+            label = f"[bold]{escape(cfg.run_name())}[/bold]"
+            if res.record.get("kind") == "export":
+                console.print(f"{label}: {res.record['num_images']} predictions in "
+                              f"{escape(str(res.record['predictions']))}; VOC server archive: "
+                              f"{escape(str(res.record.get('export')))}")
+            else:
+                records.append(res.record)
+                for line in summary_lines(res.record):
+                    console.print(f"{label}: {escape(line)}")
+                console.print(f"record: {escape(str(res.record_path))}")
+        if train is not None:  # every rank trains (DDP under torchrun)
+            rec = _train_chained(cfg, train)
+            if rec is not None:
+                records.append(rec)
     if len(records) > 1:
         console.print(summary_table(records))
+
+
+def _train_chained(run: Any, train: Any) -> dict[str, Any] | None:
+    """The chained training of ``run``: train-seg's progress, then its summary and record path."""
+    from wsss_bench.commands.train_cmd import training_progress
+    from wsss_bench.training.loop import resolve_recipe, train_segmenter
+
+    recipe = resolve_recipe(train)
+    with training_progress(f"train-seg {run.run_name()} ({recipe.name})") as update:
+        res = train_segmenter(train, progress=update)
+    rec = res.record
+    if rec is None:
+        return None
+    label = f"[bold]{escape(str(rec['name']))}[/bold]"
+    for line in summary_lines(rec):
+        console.print(f"{label}: {escape(line)}")
+    console.print(f"record: {escape(str(res.record_path))}  (trained in {escape(str(res.out))})")
+    return rec
 
 
 def methods_command() -> None:

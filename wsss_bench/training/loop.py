@@ -88,6 +88,7 @@ class TrainConfig:
     val_limit: int | None = None
     fresh: bool = False
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    record_dir: str | None = None         # where the record goes (default: ``out``), e.g. a suite's records
 
 
 @dataclass
@@ -471,7 +472,7 @@ def _train(cfg: TrainConfig, recipe: Recipe, dev: torch.device, info: D.DistInfo
         "peak_device_memory_mb": None if train_peak is None else round(train_peak, 1),
         "checkpoint_every": recipe.checkpoint_every, "identity_sha256": ident_sha,
     }
-    path = write_record(out, record, counts, stem=name)
+    path = write_record(cfg.record_dir or out, record, counts, stem=name)
     say(f"record: {path}")
     return dataclasses.replace(result, record=record, record_path=path, counts=counts)
 
