@@ -59,9 +59,9 @@ _METHOD, _DATA, _TTA, _COMPUTE = "Method", "Data", "Test-time settings", "Comput
 _OUTPUT, _PSEUDO, _SEG, _DEMO = "Output", "Pseudo labels and sweep", "Segmentation stage", "Demo (no --method)"
 
 #: Options the demo takes (``wsss-bench run`` with no method, segmenter or suite file)
-DEMO_OPTIONS = ("out", "device", "workers", "demo_images", "jobs")
+DEMO_OPTIONS = ("out", "device", "workers", "demo_images", "jobs", "with_segmenter")
 #: Options that apply to the demo only
-DEMO_ONLY = ("demo_images", "jobs")
+DEMO_ONLY = ("demo_images", "jobs", "with_segmenter")
 #: Command-line options that apply to every run of a suite file (they override the file's values)
 SUITE_OPTIONS = ("out", "device", "workers")
 
@@ -204,6 +204,10 @@ def run_command(
     jobs: int = typer.Option(None, "--jobs", min=1, metavar="N", rich_help_panel=_DEMO,
                              help="Runs at a time, each in its own process with one thread (default: one "
                              "per CPU core, at most 4; 1 on a GPU)."),
+    with_segmenter: bool = typer.Option(False, "--with-segmenter", rich_help_panel=_DEMO,
+                                        help="Also the final stage: a tiny segmenter (recipe tiny-synthetic) "
+                                        "trained on each method's pseudo labels at its calibrated threshold, "
+                                        "scored on val (about a minute more on 2 cores)."),
 ) -> None:
     """Run methods' localisation-map inference over a split and score it under the protocol.
 
@@ -234,8 +238,9 @@ def run_command(
             raise WsssBenchError(
                 f"{_flags(ctx, extra)} need{'s' if len(extra) == 1 else ''} --method NAME, --stage segmentation "
                 f"--segmenter NAME or a suite file (without them `wsss-bench run` runs the demo, which takes "
-                f"only --out, --device, --workers, --demo-images and --jobs)")
-        _run_demo(out if "out" in given else Path("wsss-bench-demo"), demo_images, device, workers, jobs)
+                f"only --out, --device, --workers, --demo-images, --jobs and --with-segmenter)")
+        _run_demo(out if "out" in given else Path("wsss-bench-demo"), demo_images, device, workers, jobs,
+                  with_segmenter)
         return
     demo_only = [g for g in given if g in DEMO_ONLY]
     if demo_only:
@@ -315,14 +320,15 @@ def _configs(ctx: typer.Context, given: list[str], config: Path | None, o: dict[
         dataset_options=parse_hparams(o["data_opt"], "--data-opt"))], [None]
 
 
-def _run_demo(out: Path, images: int | None, device: str, workers: int, jobs: int | None) -> None:
+def _run_demo(out: Path, images: int | None, device: str, workers: int, jobs: int | None,
+              with_segmenter: bool = False) -> None:
     from wsss_bench.demo import run_demo
     from wsss_bench.inference.device import resolve_device
     from wsss_bench.inference.runner import check_output_folder
 
     check_output_folder(out, "--out")
     resolve_device(device)
-    run_demo(out=out, images=images, device=device, workers=workers, jobs=jobs)
+    run_demo(out=out, images=images, device=device, workers=workers, jobs=jobs, with_segmenter=with_segmenter)
 
 
 def _execute(cfgs: list[Any], trains: list[Any] | None = None) -> None:

@@ -3,6 +3,14 @@
 Generates the synthetic set (cached, deterministic), runs every built-in method with its shipped
 demo weights at native and standard settings plus the weightless centre prior, writes the records
 and the leaderboard (Markdown, HTML, plots) and prints the summary table.
+
+With ``--with-segmenter`` (:func:`run_demo` ``with_segmenter=True``) it also runs the final stage:
+each method's native run (and the centre prior's) writes its pseudo labels at its **calibrated**
+threshold (chosen on the protocol's calibration subset, never on the images it is scored on; the
+best threshold when that subset is empty), the ``tiny-synthetic`` recipe trains a segmenter on
+them (:func:`wsss_bench.training.train_demo_segmenter`'s recipe), and its ``val`` record joins the
+others, so the leaderboard's pipeline table shows pseudo-label mIoU beside final mIoU. The
+trainings run in the same pool of one-thread processes as the runs, each after its pseudo labels.
 """
 
 from __future__ import annotations
@@ -29,15 +37,35 @@ def demo_manifest() -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+def pseudo_threshold_rule(data_root: Path, split: str = "train") -> str:
+    """``calibrated`` when the split has images in the protocol's calibration subset (and others to
+    score), else ``best``: the threshold the demo's pseudo labels are made at."""
+    from wsss_bench.data import build_dataset
+    from wsss_bench.metrics.functional import is_calibration_id
+
+    ids = build_dataset("synthetic", data_root, split).ids
+    n_cal = sum(map(is_calibration_id, ids))
+    return "calibrated" if 0 < n_cal < len(ids) else "best"
+
+
 def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0,
-              methods: list[str] | None = None, settings: tuple[str, ...] = ("native", "standard")) -> list[Any]:
-    """RunConfigs of the demo suite."""
+              methods: list[str] | None = None, settings: tuple[str, ...] = ("native", "standard"),
+              with_segmenter: bool = False) -> list[Any]:
+    """RunConfigs of the demo suite. ``with_segmenter``: the native runs and the centre prior also
+    write pseudo labels (``out/pseudo/<run>``) at the calibrated threshold, for :func:`demo_trainings`."""
     from wsss_bench.data.classes import SYNTHETIC
     from wsss_bench.errors import WsssBenchError
     from wsss_bench.inference import RunConfig, resolve_settings
     from wsss_bench.methods.registry import load_method
 
     manifest = demo_manifest()
+    rule = pseudo_threshold_rule(data_root) if with_segmenter else "best"
+
+    def pseudo(cfg: Any) -> Any:
+        if not with_segmenter or cfg.settings != "native":
+            return cfg
+        return dataclasses.replace(cfg, save_pseudo=str(out / "pseudo" / cfg.name), threshold=rule)
+
     runs = []
     for name in methods or list(DEMO_MODELS):
         if name not in manifest:
@@ -59,11 +87,30 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
             else:
                 maps_of[key] = str(out / "maps" / f"{name}-{s}")
                 cfg = dataclasses.replace(cfg, save_cams=maps_of[key], fresh=True)
-            runs.append(cfg)
-    runs.append(RunConfig(method="center-prior", dataset="synthetic", data_root=str(data_root), split="train",
-                          settings="native", device=device, workers=workers, out=str(out / "records"),
-                          name="center-prior"))
+            runs.append(pseudo(cfg))
+    runs.append(pseudo(RunConfig(method="center-prior", dataset="synthetic", data_root=str(data_root),
+                                 split="train", settings="native", device=device, workers=workers,
+                                 out=str(out / "records"), name="center-prior")))
     return runs
+
+
+def demo_trainings(runs: list[Any], out: Path, device: str = "auto", iterations: int | None = None
+                   ) -> dict[str, Any]:
+    """``{run name: TrainConfig}``: the tiny segmenter on each run's pseudo labels (the runs that
+    write them), trained in ``out/segmenters/<run>``, its record in ``out/records``. Always trained
+    afresh, as the runs' map caches are. ``iterations`` overrides the recipe's (tests; recorded)."""
+    from wsss_bench.training import DEMO_RECIPE, TrainConfig
+
+    return {cfg.name: TrainConfig(
+        pseudo_dir=cfg.save_pseudo, data_root=cfg.data_root, out=str(out / "segmenters" / cfg.name),
+        dataset="synthetic", split=cfg.split, val_split="val", recipe=DEMO_RECIPE, seed=0, device=device,
+        workers=0, fresh=True, record_dir=cfg.out, iterations=iterations) for cfg in runs if cfg.save_pseudo}
+
+
+#: Rough seconds per image and view of a demo run, and per iteration of the tiny recipe, on one thread
+#: of this project's 2-core machine (measured; only the ratio matters: it orders the work).
+SECONDS_PER_VIEW = 0.004
+SECONDS_PER_ITERATION = 0.075
 
 
 def run_cost(cfg: Any) -> float:
@@ -81,6 +128,16 @@ def run_cost(cfg: Any) -> float:
     return len(s.scales) * (2 if s.flip else 1) * (3 if adapter.needs_grad else 1)
 
 
+def train_units(train: Any) -> tuple[int, int]:
+    """(progress units of a training: its iterations times the batch, then its val images; the batch)."""
+    from wsss_bench.data import build_dataset
+    from wsss_bench.training.loop import resolve_recipe
+
+    recipe = resolve_recipe(train)
+    val = len(build_dataset(train.dataset, train.data_root, train.val_split, **train.dataset_options).ids)
+    return recipe.iterations * recipe.batch + val, recipe.batch
+
+
 def _run_one(cfg: Any, threads: int, queue: Any) -> dict[str, Any] | tuple[str, str | None]:
     """Worker process: one demo run with ``threads`` torch threads; progress goes to ``queue``."""
     import torch
@@ -92,6 +149,22 @@ def _run_one(cfg: Any, threads: int, queue: Any) -> dict[str, Any] | tuple[str, 
     try:
         return run_method(cfg, progress=lambda done, total: queue.put((cfg.name, done, total))).record
     except WsssBenchError as e:  # sent back as plain values (the exception's signature does not pickle)
+        return (e.message, e.path)
+
+
+def _train_one(key: str, train: Any, batch: int, threads: int, queue: Any) -> dict[str, Any] | tuple[str, str | None]:
+    """Worker process: one segmenter training with ``threads`` torch threads; its progress (crops
+    seen) goes to ``queue`` under ``key``."""
+    import torch
+
+    from wsss_bench.errors import WsssBenchError
+    from wsss_bench.training import train_segmenter
+
+    torch.set_num_threads(threads)
+    try:
+        res = train_segmenter(train, progress=lambda done, total, _loss, _lr: queue.put((key, done * batch, None)))
+        return res.record
+    except WsssBenchError as e:
         return (e.message, e.path)
 
 
@@ -115,29 +188,52 @@ def run_images(cfg: Any) -> int:
     return min(n, cfg.limit) if cfg.limit else n
 
 
-def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
-    """Run ``runs`` and return their records in order.
+TRAIN_PREFIX = "train:"
 
-    With ``jobs`` > 1 the runs go to that many worker processes with one torch thread each: the
-    demo's networks are too small for several threads to help one run, so running several runs at
-    once uses the cores better. A run that reads another run's map cache starts after it; the
-    others start longest first (:func:`run_cost`), which shortens the wall time.
+
+def execute_runs(runs: list[Any], jobs: int, trainings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run ``runs`` (and ``trainings``, ``{run name: TrainConfig}``, each after its run) and return
+    their records in order: the runs', then the trainings'.
+
+    With ``jobs`` > 1 the work goes to that many worker processes with one torch thread each: the
+    demo's networks are too small for several threads to help one job, so running several at once
+    uses the cores better. A run that reads another run's map cache starts after it, a training
+    after its run; among the jobs ready to start, the one heading the longest chain of remaining
+    work starts first (:func:`run_cost`, :data:`SECONDS_PER_ITERATION`), which shortens the wall
+    time. The progress bar counts images scored and training crops seen (plus each training's
+    ``val`` images), against a total known before anything starts.
     """
     from wsss_bench.commands._ui import progress_bar
     from wsss_bench.errors import WsssBenchError
     from wsss_bench.inference import run_method
 
+    trainings = dict(trainings or {})
+    unknown = [k for k in trainings if k not in {cfg.name for cfg in runs}]
+    if unknown:
+        raise WsssBenchError(f"training of unknown demo run {unknown[0]!r}")
     sizes = {cfg.name: run_images(cfg) for cfg in runs}
+    units = {f"{TRAIN_PREFIX}{k}": train_units(t) for k, t in trainings.items()}
+    sizes.update({k: u[0] for k, u in units.items()})
     total = sum(sizes.values())
-    label = f"demo: {len(runs)} runs" + (f", {jobs} at a time" if jobs > 1 else "")
+    label = f"demo: {len(runs)} runs" + (f", {len(trainings)} segmenters" if trainings else "") + \
+        (f", {jobs} at a time" if jobs > 1 else "")
+    order = [cfg.name for cfg in runs] + [f"{TRAIN_PREFIX}{k}" for k in trainings]
     if jobs <= 1:
-        records = []
+        from wsss_bench.training import train_segmenter
+
+        records: dict[str, dict[str, Any]] = {}
         with progress_bar(label, total) as update:
             offset = 0
             for cfg in runs:
-                records.append(run_method(cfg, progress=lambda done, _t, o=offset: update(o + done)).record)
+                records[cfg.name] = run_method(cfg, progress=lambda done, _t, o=offset: update(o + done)).record
                 offset += sizes[cfg.name]
-        return records
+            for k, train in trainings.items():
+                key, batch = f"{TRAIN_PREFIX}{k}", units[f"{TRAIN_PREFIX}{k}"][1]
+                records[key] = train_segmenter(
+                    train, progress=lambda done, _t, _l, _r, o=offset, b=batch: update(o + done * b)).record
+                offset += sizes[key]
+                update(offset)
+        return [records[k] for k in order]
 
     import multiprocessing as mp
     import queue as queue_mod
@@ -146,21 +242,35 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
     writers = {cfg.save_cams: cfg.name for cfg in runs if cfg.save_cams and cfg.fresh}
     after = {cfg.name: writers[cfg.save_cams] for cfg in runs
              if cfg.save_cams and not cfg.fresh and cfg.save_cams in writers}
+    after.update({f"{TRAIN_PREFIX}{k}": k for k in trainings})
+    # seconds of work of each job, and of the longest chain of jobs it heads (its priority)
+    own = {cfg.name: run_cost(cfg) * sizes[cfg.name] * SECONDS_PER_VIEW for cfg in runs}
+    own.update({k: u[0] / u[1] * SECONDS_PER_ITERATION for k, u in units.items()})
+    chain = dict(own)
+    for job in reversed(order):  # a job's dependants come after it in ``order``
+        if job in after:
+            chain[after[job]] = max(chain[after[job]], own[after[job]] + chain[job])
     ctx = mp.get_context("spawn")  # no fork after torch has started its thread pools
-    records: dict[str, dict[str, Any]] = {}
-    done_images: dict[str, int] = {}
+    results: dict[str, dict[str, Any]] = {}
+    done_units: dict[str, int] = {}
     with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
             progress_bar(label, total) as update:
         q = manager.Queue()
-        # the runs are the parallelism: no DataLoader worker processes inside them
-        pending = {cfg.name: dataclasses.replace(cfg, workers=0) for cfg in runs}
-        cost = {cfg.name: run_cost(cfg) for cfg in runs}
+        # the jobs are the parallelism: no DataLoader worker processes inside them
+        pending: dict[str, Any] = {cfg.name: dataclasses.replace(cfg, workers=0) for cfg in runs}
+        pending.update({f"{TRAIN_PREFIX}{k}": dataclasses.replace(t, workers=0) for k, t in trainings.items()})
         running: dict[Any, str] = {}
 
         def submit_ready() -> None:
-            for name in sorted(pending, key=lambda n: -cost[n]):
-                if after.get(name) is None or after[name] in records:
-                    running[pool.submit(_run_one, pending.pop(name), 1, q)] = name
+            ready = sorted((n for n in pending if after.get(n) is None or after[n] in results),
+                           key=lambda n: (-chain[n], order.index(n)))
+            for name in ready[: max(0, jobs - len(running))]:
+                job = pending.pop(name)
+                if name.startswith(TRAIN_PREFIX):
+                    fut = pool.submit(_train_one, name, job, units[name][1], 1, q)
+                else:
+                    fut = pool.submit(_run_one, job, 1, q)
+                running[fut] = name
 
         def drain() -> None:
             while True:
@@ -168,10 +278,10 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
                     name, d, _t = q.get_nowait()
                 except queue_mod.Empty:
                     break
-                done_images[name] = d
-            # the bar counts images over every run, against the total of all runs known up front
-            if done_images:
-                update(sum(done_images.values()))
+                done_units[name] = d
+            # the bar counts over every job, against the total of all jobs known up front
+            if done_units:
+                update(sum(done_units.values()))
 
         submit_ready()
         while running:
@@ -184,15 +294,43 @@ def execute_runs(runs: list[Any], jobs: int) -> list[dict[str, Any]]:
                     for other in running:
                         other.cancel()
                     raise WsssBenchError(*result)
-                records[name] = result
+                results[name] = result
+                done_units[name] = sizes[name]
+            if finished:
+                update(sum(done_units.values()))
             submit_ready()
-    return [records[cfg.name] for cfg in runs]
+    return [results[k] for k in order]
+
+
+def pipeline_table(records: list[dict[str, Any]]) -> Any:
+    """A rich table of the demo's trained segmenters: each method's pseudo labels (threshold, mIoU of
+    the PNGs on train) beside the final mIoU of the segmenter trained on them (val)."""
+    from rich.table import Table
+
+    from wsss_bench.commands._ui import pct
+
+    t = Table(title="wsss-bench demo: pseudo labels -> tiny segmenter (mIoU %)", header_style="bold",
+              caption="pseudo labels: the PNGs scored on train; final: the segmenter trained on them, on val",
+              caption_justify="left")
+    for col, just in (("pseudo labels of", "left"), ("threshold", "right"), ("pseudo labels", "right"),
+                      ("final", "right"), ("training s", "right")):
+        t.add_column(col, justify=just, no_wrap=col != "pseudo labels of")
+    rows = [r for r in records if r.get("kind") == "segmentation" and isinstance(r.get("pipeline"), dict)]
+    for r in sorted(rows, key=lambda r: -(r["metrics"]["miou"] or 0)):
+        pl = r["pipeline"]
+        thr = "-" if pl.get("threshold") is None else f"{pl['threshold']:.2f} ({pl.get('threshold_rule')})"
+        t.add_row(str(pl.get("pseudo_record") or "-"), thr, pct(pl.get("pseudo_labels_miou")),
+                  pct(r["metrics"]["miou"]), f"{(r.get('training') or {}).get('seconds', 0):.0f}")
+    return t
 
 
 def run_demo(out: Path = Path("wsss-bench-demo"), images: int | None = None, device: str = "auto",
              workers: int = 0, methods: list[str] | None = None, quiet: bool = False,
-             jobs: int | None = None) -> list[dict[str, Any]]:
-    """Run the demo suite; returns the records. ``jobs``: parallel runs (default :func:`default_jobs`)."""
+             jobs: int | None = None, with_segmenter: bool = False,
+             segmenter_iterations: int | None = None) -> list[dict[str, Any]]:
+    """Run the demo suite; returns the records (the runs', then, with ``with_segmenter``, the trained
+    segmenters'). ``jobs``: parallel jobs (default :func:`default_jobs`); ``segmenter_iterations``
+    overrides the tiny recipe's iterations (for tests; the records say so)."""
     from wsss_bench.commands._ui import console, summary_table
     from wsss_bench.data.synthetic import ensure_synthetic
 
@@ -201,20 +339,24 @@ def run_demo(out: Path = Path("wsss-bench-demo"), images: int | None = None, dev
     n = images or DEMO_SET["num_images"]
     data = ensure_synthetic(out / "data" / f"shapes-{n}-seed{DEMO_SET['seed']}", n, DEMO_SET["seed"],
                             DEMO_SET["size"])
-    runs = demo_runs(data, out, device=device, workers=workers, methods=methods)
-    records = execute_runs(runs, default_jobs(device) if jobs is None else int(jobs))
+    runs = demo_runs(data, out, device=device, workers=workers, methods=methods, with_segmenter=with_segmenter)
+    trainings = demo_trainings(runs, out, device=device, iterations=segmenter_iterations) if with_segmenter else {}
+    records = execute_runs(runs, default_jobs(device) if jobs is None else int(jobs), trainings)
     files: list[Path] = []
     try:
         from wsss_bench.reports import build_leaderboard
     except ImportError:  # pragma: no cover - reports are part of the package
         build_leaderboard = None
     if build_leaderboard is not None:
+        command = f"wsss-bench run --out {out}" + (" --with-segmenter" if with_segmenter else "")
         files = build_leaderboard([out / "records"], out, formats=("md", "html", "csv", "json"),
-                                  title="wsss-bench demo (synthetic shapes)",
-                                  command=f"wsss-bench run --out {out}")
+                                  title="wsss-bench demo (synthetic shapes)", command=command)
     if not quiet:
         console.print(summary_table(records))
-        console.print(f"{len(records)} runs in {time.perf_counter() - t0:.1f} s; records in {out / 'records'}")
+        if trainings:
+            console.print(pipeline_table(records))
+        what = f"{len(runs)} runs" + (f" and {len(trainings)} segmenters" if trainings else "")
+        console.print(f"{what} in {time.perf_counter() - t0:.1f} s; records in {out / 'records'}")
         for f in files:
             if f.suffix in (".md", ".html"):
                 console.print(f"leaderboard: {f}")
