@@ -1,18 +1,20 @@
-"""The segmenter learns what its pseudo labels say: trained on the ground-truth masks it scores above
-the same segmenter trained on the centre prior's pseudo labels, and both far above its untrained score.
+"""The segmenter learns what its pseudo labels say: trained on the ground-truth masks it scores far
+above the same segmenter trained on the centre prior's pseudo labels, and both far above its untrained
+score, on val.
 
-Tiny network trained from scratch on a CPU, a small synthetic set (60 training images of 64-80 px),
-150 iterations each. Measured on val (mIoU / background IoU): untrained 1.0 / 1.8; centre prior
-14.5 / 72.5; ground truth 18.6 / 85.7. At this budget the ground truth's segmenter has learnt where
-the shapes are (background IoU 13 points higher) more than which of the five shapes each is, so the
-val mIoU gap is ~4 points; it grows with data and steps (with 640 images and 1,500 iterations of the
-packaged tiny recipe the ground truth's segmenter reaches 29.7), which a unit test cannot afford.
-On its own training images, what it was taught, it is far above.
+The tiny recipe's network from its packaged classification-pretrained backbone (the analogue of
+ImageNet weights, :mod:`wsss_bench.training.backbone`), 150 iterations of 8 crops of 64 px, on a small
+synthetic set (60 training images of 64-80 px, 20 val). Measured on val (mIoU / background IoU):
+untrained (pretrained backbone, random head) 9.3 / 24.3; centre prior 17.4 / 78.5; ground truth
+36.8 / 89.8 (train split, native test-time settings: 57.7 and 23.2). From scratch (tiny-synthetic version 1) the same budget gave 14.0 and 18.6: the network
+found the shapes but could not yet tell them apart; 320 images, 300 iterations, crop 48, lr 1e-2 or
+width 16/32 did not change that (README of the recipe, and the report of issue 21).
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +24,12 @@ from train_helpers import write_test_recipe
 from wsss_bench.data import build_dataset
 from wsss_bench.data.synthetic import generate
 from wsss_bench.inference import RunConfig, run_method
+from wsss_bench.io import sha256_file
 from wsss_bench.segmenters.registry import create_segmenter
 from wsss_bench.segmenters.runner import run_segmentation
 from wsss_bench.training import TrainConfig, load_recipe, train_segmenter
-from wsss_bench.training.init import init_head
+from wsss_bench.training.backbone import packaged_init
+from wsss_bench.training.init import init_head, load_init
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,9 +42,9 @@ def trained(tmp_path_factory):
                          out=str(base / "records"), save_pseudo=str(base / "cp"), name="center-prior"))
     gt = base / "gt"
     shutil.copytree(root / "SegmentationClass", gt)
-    recipe = write_test_recipe(base / "q.toml", **{"schedule.iterations": 150, "schedule.batch": 8,
-                                                   "schedule.micro_batch": 8, "augment.crop": 64, "optimizer.lr": 0.003,
-                                                   "augment.scales": [0.75, 1.0, 1.25], "test": {"settings": "standard"}})
+    recipe = write_test_recipe(base / "q.toml", packaged_init=True, **{
+        "schedule.iterations": 150, "schedule.batch": 8, "schedule.micro_batch": 8, "augment.crop": 64,
+        "optimizer.lr": 0.003, "augment.scales": [0.75, 1.0, 1.25], "test": {"settings": "standard"}})
     out = {}
     for tag, pseudo in (("gt", gt), ("cp", base / "cp")):
         res = train_segmenter(TrainConfig(pseudo_dir=str(pseudo), data_root=str(root), out=str(base / f"seg-{tag}"),
@@ -50,11 +54,12 @@ def trained(tmp_path_factory):
 
 
 def untrained_record(root, recipe_path) -> dict:
-    """The segmenter exactly as training starts from it (the same seed and head initialisation)."""
+    """The segmenter exactly as training starts from it (the same seed, head initialisation and backbone)."""
     r = load_recipe(str(recipe_path))
     torch.manual_seed(0)
     seg = create_segmenter(r.segmenter, 6, backbone=r.backbone, hparams=r.hparams)
     init_head(seg.model, ("aspp.",), r.head_init)
+    load_init(seg, str(packaged_init(r.init_file)))
     rec, _ = run_segmentation(seg, build_dataset("synthetic", root, "val"), "standard")
     return rec
 
@@ -68,20 +73,31 @@ def fit_miou(root, recipe_path, record) -> float:
     return rec["metrics"]["miou"]
 
 
-def test_ground_truth_beats_centre_prior_and_both_beat_untrained(trained):
+def test_ground_truth_beats_centre_prior_far_and_both_beat_untrained(trained):
     root, recipe, recs = trained
     gt, cp = recs["gt"]["metrics"], recs["cp"]["metrics"]
     untrained = untrained_record(root, recipe)["metrics"]
     msg = (f"val mIoU: ground truth {100 * gt['miou']:.1f}, centre prior {100 * cp['miou']:.1f}, "
            f"untrained {100 * untrained['miou']:.1f}")
-    assert untrained["miou"] < 0.06, msg
-    assert cp["miou"] >= untrained["miou"] + 0.08, msg
-    assert gt["miou"] >= untrained["miou"] + 0.10, msg
-    assert gt["miou"] >= cp["miou"] + 0.02, msg
-    assert gt["iou"][0] >= cp["iou"][0] + 0.08, msg  # it finds the shapes: background IoU far higher
+    print(msg)
+    # both started from the packaged backbone, as the record says
+    backbone = packaged_init(load_recipe(str(recipe)).init_file)
+    for rec in recs.values():
+        assert rec["training"]["init_sha256"] == sha256_file(backbone)
+    assert untrained["miou"] < 0.12, msg
+    assert cp["miou"] >= untrained["miou"] + 0.05, msg
+    assert gt["miou"] >= untrained["miou"] + 0.25, msg
+    assert gt["miou"] >= cp["miou"] + 0.10, msg  # measured 19.4 points
+    assert gt["iou"][0] >= cp["iou"][0] + 0.05, msg  # it finds the shapes: background IoU higher
     assert gt["pixel_accuracy"] >= cp["pixel_accuracy"] + 0.05, msg
     # on the training images, what each was taught: the ground truth's segmenter far above
     fit_gt, fit_cp = fit_miou(root, recipe, recs["gt"]), fit_miou(root, recipe, recs["cp"])
-    print(f"train-split mIoU: ground truth {100 * fit_gt:.1f}, centre prior {100 * fit_cp:.1f}; {msg}")
-    assert fit_gt >= fit_cp + 0.10, f"train-split mIoU: ground truth {100 * fit_gt:.1f}, centre prior {100 * fit_cp:.1f}"
-    assert recs["cp"]["pipeline"]["method"] is None  # no provenance file: the pipeline fields stay empty
+    print(f"train-split mIoU: ground truth {100 * fit_gt:.1f}, centre prior {100 * fit_cp:.1f}")
+    assert fit_gt >= fit_cp + 0.15, f"train-split mIoU: ground truth {100 * fit_gt:.1f}, centre prior {100 * fit_cp:.1f}"
+    # the centre prior's labels came from `run --save-pseudo`: its provenance file fills the pipeline
+    # fields; the copied ground-truth masks have none, so theirs stay empty
+    cp_pipe, gt_pipe = recs["cp"]["pipeline"], recs["gt"]["pipeline"]
+    assert (Path(cp_pipe["pseudo_dir"]) / "wsss-bench-pseudo.json").is_file()
+    assert cp_pipe["method"] == "center-prior" and cp_pipe["threshold"] is not None
+    assert cp_pipe["pseudo_record"] is not None and cp_pipe["pseudo_provenance"] is not None
+    assert gt_pipe["method"] is None and gt_pipe["pseudo_record"] is None and gt_pipe["pseudo_provenance"] is None

@@ -50,11 +50,14 @@ def dump_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_test_recipe(path: Path, **changes: Any) -> Path:
-    """The packaged tiny-synthetic recipe made smaller still (a handful of iterations on 32 px crops);
+def write_test_recipe(path: Path, packaged_init: bool = False, **changes: Any) -> Path:
+    """The packaged tiny-synthetic recipe made smaller still (a handful of iterations on 32 px crops,
+    from scratch unless ``packaged_init``: then from the recipe's packaged pretrained backbone);
     ``changes`` are ``"table.key"`` (or top-level ``"key"``) overrides."""
     data = tomllib.loads((recipes_dir() / "tiny-synthetic.toml").read_text())
-    data["name"] = "test-tiny"
+    data["name"], data["version"] = "test-tiny", 1
+    if not packaged_init:
+        data.pop("init_file", None)
     data["schedule"].update(iterations=6, batch=4, micro_batch=2, checkpoint_every=2)
     data["augment"].update(crop=32, scales=[0.75, 1.0])
     data["test"] = {"settings": "native"}

@@ -281,6 +281,10 @@ def _train(cfg: TrainConfig, recipe: Recipe, dev: torch.device, info: D.DistInfo
     init = None
     if cfg.init is not None:
         init = load_init(seg, cfg.init)
+    elif recipe.init_file is not None:  # the recipe's packaged initial weights
+        from wsss_bench.training.backbone import packaged_init
+
+        init = load_init(seg, str(packaged_init(recipe.init_file)))
     elif recipe.init == "required":
         raise WsssBenchError(f"recipe {recipe.name!r} starts from ImageNet weights: give --init FILE (a "
                              f"torchvision or timm {seg.backbone} state dict; nothing is downloaded)")

@@ -11,7 +11,8 @@ file, so two final mIoUs can be compared only when they come from the same recip
 Schema (every key is checked; an unknown one is an error naming it)::
 
     name, version, description, segmenter, backbone, datasets, init ("required" | "optional"),
-    head_init ("normal-0.01" | "kaiming-normal" | "default")
+    head_init ("normal-0.01" | "kaiming-normal" | "default"),
+    init_file (packaged initial weights in ``wsss_bench/demo/weights/``, used when no --init is given)
     [hparams]        segmenter hyper-parameters (e.g. width, blocks for the tiny network)
     [source]         repo, commit, files, notes: where the numbers come from
     [schedule]       iterations, batch (global), micro_batch (samples per forward pass), checkpoint_every
@@ -109,6 +110,7 @@ class Recipe:
     sha256: str = ""
     path: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    init_file: str | None = None
 
     def with_overrides(self, **changes: Any) -> Recipe:
         """The recipe with ``changes`` (``None`` values ignored) applied and listed in ``overrides``."""
@@ -132,7 +134,7 @@ class Recipe:
 # ----------------------------------------------------------------------------------------------
 
 _TOP = {"name": str, "version": int, "description": str, "segmenter": str, "backbone": str, "datasets": list,
-        "init": str, "head_init": str, "hparams": dict, "source": dict, "schedule": dict, "augment": dict,
+        "init": str, "head_init": str, "init_file": str, "hparams": dict, "source": dict, "schedule": dict, "augment": dict,
         "loss": dict, "optimizer": dict, "lr_schedule": dict, "test": dict}
 _TABLES = {
     "source": {"repo": str, "commit": str, "files": list, "notes": str},
@@ -231,7 +233,7 @@ def parse_recipe(data: dict[str, Any], path: Path | str = "<recipe>", sha256: st
         name=data["name"], version=data["version"], description=data.get("description", ""),
         segmenter=data["segmenter"], backbone=data.get("backbone"), hparams=dict(data.get("hparams", {})),
         datasets=tuple(data.get("datasets", [])), init=data.get("init", "optional"),
-        head_init=data.get("head_init", "default"), source=dict(data["source"]),
+        head_init=data.get("head_init", "default"), init_file=data.get("init_file"), source=dict(data["source"]),
         iterations=sched["iterations"], batch=batch, micro_batch=sched.get("micro_batch", batch),
         checkpoint_every=sched.get("checkpoint_every", 1000), crop=aug["crop"],
         scales=tuple(float(s) for s in aug["scales"]), scale_sampling=aug.get("scale_sampling", "choice"),
@@ -286,6 +288,8 @@ def _check_consistency(r: Recipe, path: Path | str) -> None:
         bad(f"bn must be 'frozen' or 'train', got {r.bn!r}")
     if r.init not in ("required", "optional"):
         bad(f"init must be 'required' or 'optional', got {r.init!r}")
+    if r.init_file is not None and (not r.init_file or "/" in r.init_file or "\\" in r.init_file):
+        bad(f"init_file must be the name of a file in wsss_bench/demo/weights, got {r.init_file!r}")
     if r.head_init not in ("normal-0.01", "kaiming-normal", "default"):
         bad(f"head_init must be 'normal-0.01', 'kaiming-normal' or 'default', got {r.head_init!r}")
     for g in r.groups:
