@@ -92,6 +92,17 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN matching NaN (the copies of one diverged tensor are still copies)."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def irn_checkpoint_filter(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a checkpoint onto :class:`CAMNet` names; three layouts are recognised:
 
@@ -108,8 +119,6 @@ def irn_checkpoint_filter(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     lists it as unexpected), and so is a duplicate that differs from the tensor it copies or has no
     such tensor (IRN's own strict load would refuse a file whose modules disagree).
     """
-    import torch
-
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     if "classifier.weight" not in state:
         raise WsssBenchError("checkpoint has no 'classifier.weight' (a CAM classifier [C, D, 1, 1])")
@@ -125,7 +134,7 @@ def irn_checkpoint_filter(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             original = irn_duplicate_of(k)
             if original is None:
                 unknown.append(k)
-            elif original not in state or not (state[original].shape == v.shape and torch.equal(state[original], v)):
+            elif original not in state or not _same_tensor(state[original], v):
                 differing.append(k)
         if unknown:
             raise WsssBenchError(f"checkpoint has keys that are neither IRN's resnet50_cam network nor its "
