@@ -206,9 +206,9 @@ def build_leaderboard(records: list[str | os.PathLike], out_dir: str | os.PathLi
                              f"(expected some of {', '.join(FORMATS)})")
     spec = get_metric(sort)
     if samples < 0:
-        raise WsssBenchError(f"--samples must be >= 0, got {samples}")
+        raise WsssBenchError(f"grid images (samples) must be >= 0, got {samples}")
     if ci and ci_samples < 1:
-        raise WsssBenchError(f"--ci-samples must be >= 1, got {ci_samples}")
+        raise WsssBenchError(f"bootstrap resamples (ci_samples) must be >= 1, got {ci_samples}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise WsssBenchError("the output folder is a file", out)
@@ -222,7 +222,7 @@ def build_leaderboard(records: list[str | os.PathLike], out_dir: str | os.PathLi
     if command is None:
         command = "wsss-bench leaderboard " + " ".join(str(p) for p in records) + f" --out {out}" + \
             (f" --sort {sort}" if sort != "miou_best" else "") + (" --ci" if ci else "") + \
-            (f" --samples {samples}" if samples else "")
+            (f" --grid-images {samples}" if samples else "")
     try:
         reports = [_group_report(g, sort, out, base, ci, ci_samples, seed, samples, plots) for g in groups]
         lb = Leaderboard(title=title or "wsss-bench leaderboard", command=command, sort=spec, groups=reports,
