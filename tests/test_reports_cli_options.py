@@ -139,3 +139,16 @@ def test_datasets_synth_out_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["datasets", "synth", "--out", str(tmp_path / "s"), "--min-size", "8"]) == 2
     one_line_error(capsys, "--min-size")
     assert blocker.read_text() == "x" and not (tmp_path / "s").exists()
+
+
+def test_no_plots_writes_the_tables_only_and_says_so_in_the_command(rec, tmp_path):
+    out = tmp_path / "lb"
+    assert main(["leaderboard", str(rec), "--out", str(out), "--format", "md,json", "--no-plots"]) == 0
+    assert not (out / "plots").exists()
+    md = (out / "README.md").read_text()
+    assert "--no-plots" in md and "plots/" not in md
+    assert json.loads((out / "leaderboard.json").read_text())["groups"][0]["plots"] == {}
+    assert main(["leaderboard", str(rec), "--out", str(tmp_path / "tex"), "--format", "csv,tex"]) == 0
+    assert not (tmp_path / "tex" / "plots").exists()  # no page links a plot: none is drawn
+    assert main(["leaderboard", str(rec), "--out", str(tmp_path / "md"), "--format", "md"]) == 0
+    assert any((tmp_path / "md" / "plots").glob("*.svg"))

@@ -79,6 +79,9 @@ def leaderboard_command(
     samples_alias: int = typer.Option(None, "--samples", min=0, hidden=True,
                                       help="Deprecated spelling of --grid-images."),
     title: str = typer.Option(None, "--title", help="Page title."),
+    plots: bool = typer.Option(True, "--plots/--no-plots",
+                               help="Draw the plots (PNG and SVG, linked from the md, html and json pages); "
+                               "--no-plots writes the tables only, in a fraction of the time."),
 ) -> None:
     """Build a leaderboard from run records: Markdown, HTML, CSV, LaTeX, JSON and plots.
 
@@ -110,11 +113,13 @@ def leaderboard_command(
         parts += ["--grid-images", str(grid_images)]
     if title:
         parts += ["--title", title]
+    if not plots:
+        parts += ["--no-plots"]
     command = " ".join(shlex.quote(p) for p in parts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files = build_leaderboard(records, out, formats=tuple(formats), sort=sort_key, ci=ci, samples=grid_images,
-                                  title=title, command=command, ci_samples=ci_resamples, seed=seed)
+                                  title=title, command=command, ci_samples=ci_resamples, seed=seed, plots=plots)
     for w in caught:  # ours: one line each (a skipped record names its file); others as Python shows them
         if issubclass(w.category, ReportWarning):
             err_console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
