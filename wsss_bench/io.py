@@ -592,8 +592,8 @@ def check_state_dtypes(state: dict[str, Any], expected: dict[str, Any] | None = 
         floating = name in ("float16", "bfloat16", "float32", "float64")
         want_floating = want in ("float16", "bfloat16", "float32", "float64")
         if floating != want_floating:
-            kind = "floating-point" if want_floating else "integer"
-            raise WsssBenchError(f"tensor {k!r} has dtype {name} but the model expects a {kind} tensor ({want})", path)
+            kind = "a floating-point" if want_floating else "an integer"
+            raise WsssBenchError(f"tensor {k!r} has dtype {name} but the model expects {kind} tensor ({want})", path)
 
 
 def load_state_dict(path: str | os.PathLike, max_expansion: int = MAX_ZIP_EXPANSION) -> dict[str, Any]:
