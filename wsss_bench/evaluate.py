@@ -207,7 +207,7 @@ def _read_gt(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
         raw = path.read_bytes()
     except OSError as e:
         raise WsssBenchError(f"cannot read file ({e.strerror})", path) from None
-    g, hist = decode_index_png(raw, path, histogram=True)
+    g, hist = decode_index_png(raw, path, histogram=True, writable=False)
     return g, hist, hashlib.sha256(raw).hexdigest()
 
 
@@ -229,7 +229,7 @@ class _PredJob:
             raw = path.read_bytes()
         except OSError as e:
             raise WsssBenchError(f"cannot read file ({e.strerror})", path) from None
-        p, phist = decode_index_png(raw, path, histogram=True)
+        p, phist = decode_index_png(raw, path, histogram=True, writable=False)
         if p.shape != g.shape:
             raise WsssBenchError(f"prediction size {p.shape[1]}x{p.shape[0]} differs from ground truth "
                                  f"{g.shape[1]}x{g.shape[0]}", path)

@@ -469,11 +469,13 @@ def read_index_png(path: str | os.PathLike) -> np.ndarray:
     return decode_index_png(raw, path)[0]
 
 
-def decode_index_png(raw: bytes, path: str | os.PathLike, histogram: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_index_png(raw: bytes, path: str | os.PathLike, histogram: bool = False,
+                     writable: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(uint8 HxW mask, its 256-bin histogram or None) from a PNG's bytes; ``path`` names errors.
 
     The histogram comes from Pillow's own pass over the decoded image (cheaper than numpy's
-    ``bincount``, which widens every pixel to 64 bits first)."""
+    ``bincount``, which widens every pixel to 64 bits first). ``writable=False`` skips a copy
+    (the array is then read-only)."""
     from PIL import Image, UnidentifiedImageError
 
     hist = None
@@ -486,7 +488,7 @@ def decode_index_png(raw: bytes, path: str | os.PathLike, histogram: bool = Fals
             im.load()
             if histogram and mode in ("P", "L"):
                 hist = np.asarray(im.histogram(), dtype=np.int64)
-            arr = np.asarray(im)
+            arr = np.array(im) if writable else np.asarray(im)
     except WsssBenchError:
         raise
     except Image.DecompressionBombError as e:
