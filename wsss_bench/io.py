@@ -234,29 +234,35 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _load_pickled_npy(path: Path, raw: bytes) -> Any:
-    """Read a ``.npy`` file written by ``np.save(path, dict)`` without running arbitrary code."""
-    f = io.BytesIO(raw)
+def _load_pickled_npy(path: Path, raw: bytes | None = None) -> Any:
+    """Read a ``.npy`` file written by ``np.save(path, dict)`` without running arbitrary code
+    (from ``raw`` when given, else straight from the file: one copy fewer)."""
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except Exception as e:  # noqa: BLE001 - numpy raises several types for a bad header
-        raise WsssBenchError(f"not a valid .npy file ({e})", path) from None
-    if dtype.hasobject:
+        f: Any = io.BytesIO(raw) if raw is not None else open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise WsssBenchError(f"cannot read map file ({e.strerror})", path) from None
+    with f:
         try:
-            obj = _PlainUnpickler(f).load()
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except Exception as e:  # noqa: BLE001 - numpy raises several types for a bad header
+            raise WsssBenchError(f"not a valid .npy file ({e})", path) from None
+        if dtype.hasobject:
+            try:
+                obj = _PlainUnpickler(f).load()
+            except Exception as e:  # noqa: BLE001
+                raise WsssBenchError(f"unsafe or corrupt pickled .npy content ({e})", path) from None
+            if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+                obj = obj.item()
+            return obj
+        try:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
         except Exception as e:  # noqa: BLE001
-            raise WsssBenchError(f"unsafe or corrupt pickled .npy content ({e})", path) from None
-        if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-            obj = obj.item()
-        return obj
-    try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise WsssBenchError(f"corrupt .npy file ({e})", path) from None
+            raise WsssBenchError(f"corrupt .npy file ({e})", path) from None
 
 
 NORMALIZE_MODES = ("max", "minmax")
@@ -310,11 +316,11 @@ def load_cam_file(path: str | os.PathLike, normalize: str | None = None,
     path = Path(path)
     if normalize is not None and normalize not in NORMALIZE_MODES:
         raise WsssBenchError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise WsssBenchError(f"cannot read map file ({e.strerror})", path) from None
     if path.suffix == ".npz":
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise WsssBenchError(f"cannot read map file ({e.strerror})", path) from None
         try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 if "classes" not in z.files or "scores" not in z.files:
@@ -328,7 +334,7 @@ def load_cam_file(path: str | os.PathLike, normalize: str | None = None,
         except Exception as e:  # noqa: BLE001 - zlib errors and others from a truncated archive
             raise WsssBenchError(f"corrupt .npz file ({type(e).__name__}: {e})", path) from None
     elif path.suffix == ".npy":
-        classes, scores = _maps_from_dict(_load_pickled_npy(path, raw), path)
+        classes, scores = _maps_from_dict(_load_pickled_npy(path), path)
     else:
         raise WsssBenchError("unknown map format (expected .npz or .npy)", path)
     return classes, _checked_maps(classes, scores, path, normalize, unit_range)

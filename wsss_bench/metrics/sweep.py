@@ -210,7 +210,8 @@ class SweepEvaluator:
             g = g.astype(np.uint8)
         if gt_hist is None:
             gt_hist = np.bincount(g.reshape(-1), minlength=256)
-        rows = self._check_gt(np.asarray(gt_hist), name)
+        gt_hist = np.asarray(gt_hist)
+        rows = self._check_gt(gt_hist, name)
         maps = self._as_map_list(scores, cls.size, g.shape, name)
         order = np.argsort(cls, kind="stable")
         cols = np.concatenate([[0], cls[order]]).astype(np.int64)
@@ -225,14 +226,28 @@ class SweepEvaluator:
         m = np.ravel(m)
         if not checked:
             m = clamp_scores(m, name, out=ws.get("clamped", n, np.float32))
-        idx = ws.get("idx", n, np.intp)
-        np.copyto(idx, g.reshape(-1), casting="unsafe")
-        np.minimum(idx, C, out=idx)  # ignored (and any value >= C, refused above) -> row C
-        idx *= nc * NB
+        # gt row of each pixel: its class, or ``ign`` for ignored pixels (values >= C other than the
+        # ignore index were refused above); a bitwise and is far cheaper than a minimum
+        idx = ws.get("idx", n, np.int32)
+        gflat = g.reshape(-1)
+        if not gt_hist[self.ignore_index]:
+            ign = C
+            np.copyto(idx, gflat, casting="unsafe")
+        elif C <= 127 and self.ignore_index == 255:
+            ign = 127
+            np.copyto(idx, np.bitwise_and(gflat, np.uint8(127), out=ws.get("g8", n, np.uint8)), casting="unsafe")
+        else:
+            ign = C
+            np.copyto(idx, gflat, casting="unsafe")
+            np.minimum(idx, np.int32(C), out=idx)
+        idx *= np.int32(nc * NB)
         idx += self.bins.counts(m, ws)
-        idx += np.ravel(k) if isinstance(k, np.ndarray) else k
-        h = np.bincount(idx, minlength=(C + 1) * nc * NB).reshape(C + 1, nc, NB)
-        return rows, cols, h[rows]
+        if isinstance(k, np.ndarray):
+            idx += np.ravel(k)
+        else:
+            idx += np.int32(k)
+        h = np.bincount(idx, minlength=(ign + 1) * nc * NB).reshape(ign + 1, nc, NB)
+        return rows, cols, h[np.where(rows == C, ign, rows)]
 
     @staticmethod
     def _as_map_list(scores: Any, K: int, shape: tuple[int, ...], name: str | None) -> list[np.ndarray]:
