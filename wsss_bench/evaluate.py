@@ -133,7 +133,7 @@ _JOB: dict[str, Any] = {}
 
 def _init_worker(job: Any) -> None:
     _JOB["job"] = job
-    _tune_malloc()
+    tune_malloc()
 
 
 def _call(item: Any) -> Any:
@@ -143,10 +143,11 @@ def _call(item: Any) -> Any:
         return _Failure(e.message, e.path)
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep freed buffers in the heap instead of returning them to the system: without this,
     glibc serves every array of more than 128 KiB with a fresh ``mmap`` whose pages fault on first
-    touch, which costs more than decoding the files. Linux/glibc worker processes only."""
+    touch, which costs more than decoding the files. For processes that only evaluate (worker
+    processes, the ``wsss-bench eval`` command); a no-op where the C library is not glibc."""
     try:
         import ctypes
 
@@ -202,12 +203,12 @@ def _match_files(pred_dir: Path, gt: GroundTruth, suffixes: tuple[str, ...]) -> 
     return files
 
 
-def _read_gt(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_gt(path: Path, histogram: bool = True) -> tuple[np.ndarray, np.ndarray | None, str]:
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise WsssBenchError(f"cannot read file ({e.strerror})", path) from None
-    g, hist = decode_index_png(raw, path, histogram=True, writable=False)
+    g, hist = decode_index_png(raw, path, histogram=histogram, writable=False)
     return g, hist, hashlib.sha256(raw).hexdigest()
 
 
@@ -223,17 +224,17 @@ class _PredJob:
         self.ev = ConfusionEvaluator(self.num_classes, unlabelled=self.unlabelled, keep_per_image=False)
 
     def run(self, image_id: str) -> tuple[str, str, np.ndarray, np.ndarray]:
-        g, ghist, digest = _read_gt(self.gt[image_id])
+        g, _, digest = _read_gt(self.gt[image_id], histogram=False)
         path = self.files[image_id]
         try:
             raw = path.read_bytes()
         except OSError as e:
             raise WsssBenchError(f"cannot read file ({e.strerror})", path) from None
-        p, phist = decode_index_png(raw, path, histogram=True, writable=False)
+        p, _ = decode_index_png(raw, path, writable=False)
         if p.shape != g.shape:
             raise WsssBenchError(f"prediction size {p.shape[1]}x{p.shape[0]} differs from ground truth "
                                  f"{g.shape[1]}x{g.shape[0]}", path)
-        local = self.ev.local_counts(p, g, str(path), gt_hist=ghist, pred_hist=phist).reshape(-1)
+        local = self.ev.local_counts(p, g, str(path)).reshape(-1)
         nz = np.flatnonzero(local)
         return image_id, digest, nz.astype(np.int32), local[nz]
 

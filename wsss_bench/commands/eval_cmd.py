@@ -160,8 +160,10 @@ def eval_command(
     truth = _ground_truth(gt, classes, ids, dataset, data_root, split)
 
     from wsss_bench.commands._ui import console, per_class_table, summary_lines
-    from wsss_bench.evaluate import eval_cams, eval_predictions
+    from wsss_bench.evaluate import eval_cams, eval_predictions, tune_malloc
     from wsss_bench.records import write_record
+
+    tune_malloc()  # this process only evaluates (see wsss_bench.evaluate.tune_malloc)
 
     with _LazyProgress("evaluating") as update:
         if pred is not None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.metrics.functional import metrics_from_counts
+from wsss_bench.metrics.rules import Workspace
 
 IGNORE_INDEX = 255
 UNLABELLED_MODES = ("fn", "exclude")
@@ -96,6 +97,7 @@ class ConfusionEvaluator:
             self._state = torch.zeros((C + 1, C + 1), dtype=torch.int64, device=self.device)
         self.image_ids: list[str] = []
         self._per_image: list[tuple[np.ndarray, np.ndarray]] = []  # (classes [n] int16, [n, 3] int64)
+        self._ws = Workspace()
 
     # -- state --------------------------------------------------------------------------------
 
@@ -178,21 +180,41 @@ class ConfusionEvaluator:
         if p.shape != g.shape:
             raise WsssBenchError(f"prediction shape {tuple(p.shape)} differs from ground truth {tuple(g.shape)}", name)
         allowed_pred = 255 if self.unlabelled else None
-        gt_bad = pred_bad = None
         if gt_hist is not None:
             gt_bad = self._bad_values(np.asarray(gt_hist), self.ignore_index)
-        elif g.size and int(g.max()) >= C:
-            gt_bad = self._bad_values(np.bincount(g.reshape(-1), minlength=256), self.ignore_index)
+        else:
+            gt_bad = self._scan_bad(g, self.ignore_index)
         if pred_hist is not None:
             pred_bad = self._bad_values(np.asarray(pred_hist), allowed_pred)
-        elif p.size and int(p.max()) >= C:
-            pred_bad = self._bad_values(np.bincount(p.reshape(-1), minlength=256), allowed_pred)
+        else:
+            pred_bad = self._scan_bad(p, allowed_pred)
         self._check_values(gt_bad, pred_bad, name)
-        idx = g.astype(np.int32)
+        n = g.size
+        ws = self._ws
+        idx = ws.get("idx", n, np.int32)
+        g, p = g.reshape(-1), p.reshape(-1)
+        if C <= 127 and self.ignore_index == 255:
+            # rows/columns by a bitwise and: 255 (ignored gt, unlabelled prediction) -> 127
+            np.copyto(idx, np.bitwise_and(g, np.uint8(127), out=ws.get("a", n, np.uint8)), casting="unsafe")
+            idx <<= 7
+            idx += np.bitwise_and(p, np.uint8(127), out=ws.get("b", n, np.uint8))
+            h = np.bincount(idx, minlength=128 * 128).reshape(128, 128)
+            sel = np.append(np.arange(C), 127)
+            return h[np.ix_(sel, sel)]
+        np.copyto(idx, g, casting="unsafe")
         np.minimum(idx, np.int32(C), out=idx)  # the ignore index -> row C
         idx *= np.int32(C + 1)
         idx += np.minimum(p, np.uint8(C))  # 255 (no label) -> column C
-        return np.bincount(idx.reshape(-1), minlength=(C + 1) ** 2).reshape(C + 1, C + 1)
+        return np.bincount(idx, minlength=(C + 1) ** 2).reshape(C + 1, C + 1)
+
+    def _scan_bad(self, a: np.ndarray, allowed: int | None) -> int | None:
+        """A value >= C other than ``allowed`` in ``a``, found without a histogram when there is none."""
+        C = self.num_classes
+        if not a.size or int(a.max()) < C:
+            return None
+        if allowed is not None and np.count_nonzero(a >= C) == np.count_nonzero(a == allowed):
+            return None
+        return self._bad_values(np.bincount(a.reshape(-1), minlength=256), allowed)
 
     def _local_torch(self, pred: Any, gt: Any, name: str | None) -> Any:
         import torch
