@@ -171,6 +171,8 @@ def test_every_grid_size_is_supported():
         SweepEvaluator(3, num_thresholds=10_001)
     with pytest.raises(WsssBenchError, match="1..10000"):
         SweepEvaluator(3, num_thresholds=0)
+    with pytest.raises(WsssBenchError, match="GiB of counts"):
+        SweepEvaluator(255, num_thresholds=10_000)
 
 
 def test_power_rule_threshold_is_the_literal_rule():

@@ -33,6 +33,8 @@ from wsss_bench.metrics.rules import NativeRule, ThresholdBins, Workspace, check
 from wsss_bench.metrics.rules import top_class as _top_class
 
 IGNORE_INDEX = 255
+#: Largest state accepted (81 classes with 10,000 thresholds just fit).
+MAX_STATE_BYTES = 1 << 30
 
 
 @dataclass
@@ -113,6 +115,9 @@ class SweepEvaluator:
             raise ValueError("the numpy backend runs on the CPU only")
         self.backend = backend
         shape = (2, C + 1, C, self.bins.num_bins)
+        if 8 * math.prod(shape) > MAX_STATE_BYTES:
+            raise WsssBenchError(f"{self.T} thresholds over {C} classes need {8 * math.prod(shape) / 2**30:.1f} GiB "
+                                 f"of counts; use fewer thresholds")
         if backend == "numpy":
             self.device = "cpu"
             self._hist: Any = np.zeros(shape, dtype=np.int64)
