@@ -275,15 +275,18 @@ def run_child(a: argparse.Namespace) -> None:
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Wall seconds, peak RSS (MiB, largest process) and the child's own JSON line, if any."""
+    """Wall seconds, CPU seconds (user + system, the process and the workers it waited for) and
+    the child's own JSON line, if any."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out, err = p.communicate()
     wall = time.perf_counter() - t
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err.decode()[-2000:]}")
-    res = {"wall": wall, "maxrss_children": ru.ru_maxrss / 1024}
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    res = {"wall": wall, "cpu": cpu}
     for line in out.decode().splitlines()[::-1]:
         if line.startswith("{"):
             res.update(json.loads(line))
@@ -361,6 +364,7 @@ def main() -> None:
         else:
             cmds = {
                 "wsss-bench eval --cams": ours,
+                "  (start-up only: wsss-bench eval --help)": [py, "-m", "wsss_bench", "eval", "--help"],
                 "  (in-process eval_cams)": me + ["--child", "ours-cams", "--child-classes", str(C),
                                                   *(["--child-workers", str(a.workers)] if a.workers is not None
                                                     else []), str(cams), str(gt)],
@@ -392,13 +396,14 @@ def main() -> None:
             finally:
                 stop(hogs)
             med = {k: statistics.median(x["wall"] for x in v) for k, v in res.items()}
+            cpu = {k: statistics.median(x["cpu"] for x in v) for k, v in res.items()}
             inner = {k: statistics.median(x.get("inner_s", float("nan")) for x in v) for k, v in res.items()}
             print(f"\n### {load} ({'two CPU-bound processes beside each command, ' if hogs else ''}"
                   f"load average {before} -> {after}), median of {a.rounds} rounds")
-            print(f"{'command':44s} {'wall s':>8s} {'in-proc s':>10s} {'min':>7s} {'max':>7s}")
+            print(f"{'command':44s} {'wall s':>8s} {'min':>7s} {'max':>7s} {'cpu s':>7s} {'in-proc s':>10s}")
             for k in names:
                 walls = [x["wall"] for x in res[k]]
-                print(f"{k:44s} {med[k]:8.2f} {inner[k]:10.2f} {min(walls):7.2f} {max(walls):7.2f}")
+                print(f"{k:44s} {med[k]:8.2f} {min(walls):7.2f} {max(walls):7.2f} {cpu[k]:7.2f} {inner[k]:10.2f}")
             if a.scan_workers:
                 continue
             irn100_key = next(k for k in names if k.startswith("IRN eval_cam x100"))
@@ -406,6 +411,11 @@ def main() -> None:
             e = med["wsss-bench eval --cams"]
             ei = inner["  (in-process eval_cams)"]
             print(f"IRN x100 scaled to {n} images: {irn100:.1f} s")
+            ec = cpu["wsss-bench eval --cams"]
+            print(f"cpu-time ratios (what the wall ratios tend to on a saturated machine): IRN one "
+                  f"{ec / cpu['IRN eval_cam, 1 threshold']:.2f}, numpy {ec / cpu['numpy one-histogram sweep']:.2f}, "
+                  f"I/O {ec / cpu['I/O floor (read maps+masks)']:.2f}, masks "
+                  f"{cpu['wsss-bench eval --pred'] / cpu['numpy bincount loop (masks)']:.2f}")
             print(f"ratio eval / IRN one threshold:    {e / med['IRN eval_cam, 1 threshold']:6.2f}  (goal <= 1.5)")
             print(f"ratio IRN x100 / eval:             {irn100 / e:6.1f}  (goal >= 30)")
             print(f"ratio eval / numpy one-histogram:  {e / med['numpy one-histogram sweep']:6.2f}  (goal <= 1.5)")
