@@ -251,6 +251,8 @@ def run_child(a: argparse.Namespace) -> None:
     import PIL.Image  # noqa: F401 - imports before the clock starts
 
     if a.child.startswith("ours"):
+        import torch  # noqa: F401 - records.environment() imports it when the record is made
+
         import wsss_bench.data.classes  # noqa: F401
         import wsss_bench.evaluate  # noqa: F401
         import wsss_bench.records  # noqa: F401
@@ -365,6 +367,7 @@ def main() -> None:
             cmds = {
                 "wsss-bench eval --cams": ours,
                 "  (start-up only: wsss-bench eval --help)": [py, "-m", "wsss_bench", "eval", "--help"],
+                "  (python -c 'import torch')": [py, "-c", "import torch"],
                 "  (in-process eval_cams)": me + ["--child", "ours-cams", "--child-classes", str(C),
                                                   *(["--child-workers", str(a.workers)] if a.workers is not None
                                                     else []), str(cams), str(gt)],

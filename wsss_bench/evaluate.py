@@ -158,17 +158,25 @@ def tune_malloc() -> None:
         pass
 
 
+def chunks(items: list[Any], workers: int) -> list[list[Any]]:
+    """Consecutive chunks: about six per worker (load balance), at most 64 items each."""
+    size = max(1, min(64, len(items) // (max(workers, 1) * 6)))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def run_pool(job: Any, items: list[Any], workers: int) -> Iterator[Any]:
-    """``job.run(item)`` for every item, in order, in ``workers`` processes (0: here)."""
-    if workers <= 0 or len(items) <= 1:
-        for it in items:
-            yield job.run(it)
+    """``job.run(chunk)`` for consecutive chunks of ``items``, in order, in ``workers`` processes
+    (0: here). Each chunk's counts are added up where its files were read; only those sums travel
+    back. The first user error, in item order, is raised."""
+    parts = chunks(items, workers)
+    if workers <= 0 or len(parts) <= 1:
+        for part in parts:
+            yield job.run(part)
         return
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    chunk = max(1, min(16, len(items) // (workers * 8)))
-    with ctx.Pool(min(workers, len(items)), initializer=_init_worker, initargs=(job,)) as pool:
-        for res in pool.imap(_call, items, chunksize=chunk):
+    with ctx.Pool(min(workers, len(parts)), initializer=_init_worker, initargs=(job,)) as pool:
+        for res in pool.imap(_call, parts, chunksize=1):
             if isinstance(res, _Failure):
                 raise WsssBenchError(res.message, res.path)
             yield res
@@ -223,20 +231,22 @@ class _PredJob:
     def __post_init__(self) -> None:
         self.ev = ConfusionEvaluator(self.num_classes, unlabelled=self.unlabelled, keep_per_image=False)
 
-    def run(self, image_id: str) -> tuple[str, str, np.ndarray, np.ndarray]:
-        g, _, digest = _read_gt(self.gt[image_id], histogram=False)
-        path = self.files[image_id]
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise WsssBenchError(f"cannot read file ({e.strerror})", path) from None
-        p, _ = decode_index_png(raw, path, writable=False)
-        if p.shape != g.shape:
-            raise WsssBenchError(f"prediction size {p.shape[1]}x{p.shape[0]} differs from ground truth "
-                                 f"{g.shape[1]}x{g.shape[0]}", path)
-        local = self.ev.local_counts(p, g, str(path)).reshape(-1)
-        nz = np.flatnonzero(local)
-        return image_id, digest, nz.astype(np.int32), local[nz]
+    def run(self, ids: list[str]) -> tuple[ConfusionEvaluator, dict[str, str]]:
+        ev = ConfusionEvaluator(self.num_classes, unlabelled=self.unlabelled)
+        digests = {}
+        for image_id in ids:
+            g, _, digests[image_id] = _read_gt(self.gt[image_id], histogram=False)
+            path = self.files[image_id]
+            try:
+                raw = path.read_bytes()
+            except OSError as e:
+                raise WsssBenchError(f"cannot read file ({e.strerror})", path) from None
+            p, _ = decode_index_png(raw, path, writable=False)
+            if p.shape != g.shape:
+                raise WsssBenchError(f"prediction size {p.shape[1]}x{p.shape[0]} differs from ground truth "
+                                     f"{g.shape[1]}x{g.shape[0]}", path)
+            ev.add_local(self.ev.local_counts(p, g, str(path)), image_id)
+        return ev, digests
 
 
 def eval_predictions(pred_dir: str | os.PathLike, gt: GroundTruth, workers: int | None = None,
@@ -258,13 +268,13 @@ def eval_predictions(pred_dir: str | os.PathLike, gt: GroundTruth, workers: int 
     digests: dict[str, str] = {}
     job = _PredJob(gt.masks, files, C, unlabelled)
     w = default_workers(len(ids)) if workers is None else workers
-    for n, (image_id, digest, nz, vals) in enumerate(run_pool(job, ids, w), 1):
-        local = np.zeros((C + 1) ** 2, dtype=np.int64)
-        local[nz] = vals
-        ev.add_local(local.reshape(C + 1, C + 1), image_id)
-        digests[image_id] = digest
+    done = 0
+    for part, part_digests in run_pool(job, ids, w):
+        ev.merge(part)
+        digests.update(part_digests)
+        done += len(part_digests)
         if progress:
-            progress(n, len(ids))
+            progress(done, len(ids))
     extra = {} if unlabelled is None else {"unlabelled": unlabelled}
     record = new_record("segmentation", gt.dataset, gt.split, gt.classes.names, len(ids),
                         fingerprint_from_digests(digests), name=name or f"eval-{pred_dir.name}",
@@ -296,8 +306,16 @@ class _MapJob:
         self.official = None if self.official_rule is None else SweepEvaluator(
             self.num_classes, 1, native_rule=self.official_rule, keep_per_image=False)
 
-    def run(self, image_id: str) -> tuple[Any, ...]:
-        g, ghist, digest = _read_gt(self.gt[image_id])
+    def run(self, ids: list[str]) -> _MapChunk:
+        out = _MapChunk(SweepEvaluator(self.num_classes, self.num_thresholds, native_rule=self.native),
+                        None if self.official is None else SweepEvaluator(
+                            self.num_classes, 1, native_rule=self.official_rule, keep_per_image=False))
+        for image_id in ids:
+            self.one(image_id, out)
+        return out
+
+    def one(self, image_id: str, out: _MapChunk) -> None:
+        g, ghist, out.digests[image_id] = _read_gt(self.gt[image_id])
         src = self.files[image_id]
         if isinstance(src, dict):
             classes, scores = load_cam_pngs(src, self.normalize, unit_range=True)
@@ -316,12 +334,24 @@ class _MapJob:
             raise WsssBenchError("a class is listed twice in the maps", path)
         index = {int(c): i for i, c in enumerate(classes)}
         labels, maps, missing = _label_maps(self.label_source, index, scores, ghist, C)
-        res = self.ev.image_result(maps, labels, g, image_id, str(path), gt_hist=ghist, checked=True)
-        off = None
-        if self.official is not None:
+        out.ev.add(self.ev.image_result(maps, labels, g, image_id, str(path), gt_hist=ghist, checked=True))
+        if out.official is not None:
             labels, maps, _ = _label_maps(self.official_labels, index, scores, ghist, C)
-            off = self.official.image_result(maps, labels, g, image_id, str(path), gt_hist=ghist, checked=True)
-        return res, off, digest, missing, str(scores.dtype)
+            out.official.add(self.official.image_result(maps, labels, g, image_id, str(path), gt_hist=ghist,
+                                                        checked=True))
+        out.missing += int(missing)
+        out.dtypes.add(str(scores.dtype))
+
+
+@dataclass
+class _MapChunk:
+    """What a worker sends back for a chunk of images: summed counts and a few statistics."""
+
+    ev: SweepEvaluator
+    official: SweepEvaluator | None
+    digests: dict[str, str] = field(default_factory=dict)
+    missing: int = 0
+    dtypes: set[str] = field(default_factory=set)
 
 
 def _label_maps(source: str, index: dict[int, int], scores: np.ndarray, ghist: np.ndarray,
@@ -410,15 +440,15 @@ def eval_cams(cam_dir: str | os.PathLike, gt: GroundTruth, workers: int | None =
     digests: dict[str, str] = {}
     dtypes: set[str] = set()
     w = default_workers(len(ids)) if workers is None else workers
-    for n, (res, off, digest, miss, dtype) in enumerate(run_pool(job, ids, w), 1):
-        ev.add(res)
+    for part in run_pool(job, ids, w):
+        ev.merge(part.ev)
         if off_ev is not None:
-            off_ev.add(off)
-        digests[res.image_id] = digest
-        missing += int(miss)
-        dtypes.add(dtype)
+            off_ev.merge(part.official)
+        digests.update(part.digests)
+        missing += part.missing
+        dtypes |= part.dtypes
         if progress:
-            progress(n, len(ids))
+            progress(len(digests), len(ids))
     res = ev.results()
     extra: dict[str, Any] = {}
     if official is not None:

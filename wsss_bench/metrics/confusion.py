@@ -99,6 +99,16 @@ class ConfusionEvaluator:
         self._per_image: list[tuple[np.ndarray, np.ndarray]] = []  # (classes [n] int16, [n, 3] int64)
         self._ws = Workspace()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable without the scratch buffers (sent back from worker processes)."""
+        state = dict(self.__dict__)
+        state["_ws"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._ws = Workspace()
+
     # -- state --------------------------------------------------------------------------------
 
     @property
