@@ -289,3 +289,14 @@ def test_option_for_the_other_kind_of_input_is_refused(tmp_path, gt_dir, capsys)
     (tmp_path / "afile").write_text("x")
     assert main(["eval", "--pred", str(pred_dir), "--gt", str(d), "--out", str(tmp_path / "afile")]) == 2
     assert "--out names a file" in capsys.readouterr().err
+
+
+def test_a_bad_file_in_a_worker_is_one_line_naming_it(tmp_path, gt_dir, capsys):
+    d, masks = gt_dir
+    cams, _ = _irn_dir(tmp_path, masks)
+    victim = sorted(cams.glob("*.npy"))[3]
+    victim.write_bytes(victim.read_bytes()[:100])
+    out = tmp_path / "o"
+    assert main(["eval", "--cams", str(cams), "--gt", str(d), "--out", str(out), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and err.count("\n") == 1 and not out.exists()
