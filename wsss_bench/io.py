@@ -28,17 +28,16 @@ _UMASK: list[int] = []
 
 
 def current_umask() -> int:
-    """The process umask (read once: from /proc where it can be, else by setting and restoring it)."""
+    """The process umask: read from /proc each time where it can be (no side effect, so safe in
+    threads), else set and restored once and remembered."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     if not _UMASK:
-        value = None
-        with contextlib.suppress(OSError, ValueError):
-            with open("/proc/self/status", encoding="ascii") as f:
-                for line in f:
-                    if line.startswith("Umask:"):
-                        value = int(line.split()[1], 8)
-        if value is None:
-            value = os.umask(0o022)
-            os.umask(value)
+        value = os.umask(0o022)
+        os.umask(value)
         _UMASK.append(value)
     return _UMASK[0]
 
