@@ -340,6 +340,7 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_the_keys(tmp_path):
     p = write_tiny_cam_checkpoint(tmp_path / "cam.pth", seed=0)
     state = torch.load(p, weights_only=True)
     state["classifier.weight"][0, 0] = float("nan")
+    state["newly_added.0.weight"][0, 0] = float("nan")  # IRN's layout holds the classifier twice
     torch.save(state, p)
     with pytest.raises(WsssBenchError, match=r"NaN or infinite values in classifier\.weight") as e:
         CAMAdapter(5, backbone="resnet-tiny").load_checkpoint(str(p))

@@ -101,7 +101,7 @@ def test_refuses_different_protocols_image_sets_or_images(recs, tmp_path):
     tmp, a, _ = recs
     rec = json.loads(a.read_text())
     shutil.copy(a.with_suffix("").with_suffix(".counts.npz"), tmp_path / "edam-1.counts.npz")
-    for field, value, match in (("protocol_version", 2, "protocol versions differ"),
+    for field, value, match in (("protocol_version", rec["protocol_version"] + 1, "protocol versions differ"),
                                 ("fingerprint", "0" * 64, "image sets differ"),
                                 ("split", "val", "split differs")):
         bad = dict(rec, **{field: value})
@@ -121,7 +121,7 @@ def test_refuses_different_protocols_image_sets_or_images(recs, tmp_path):
 
 def test_cli_compare_prints_interval_and_refuses_with_one_line(recs, tmp_path, capsys):
     _, a, b = recs
-    assert main(["compare", str(a), str(b), "--samples", "100", "--seed", "1"]) == 0
+    assert main(["compare", str(a), str(b), "--resamples", "100", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     res = paired_bootstrap(a, b, samples=100, seed=1)
     assert f"{100 * res['difference']:+.2f} mIoU points" in out
@@ -133,3 +133,33 @@ def test_cli_compare_prints_interval_and_refuses_with_one_line(recs, tmp_path, c
     assert main(["compare", str(a), str(p)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "protocol versions differ" in err
+
+
+def test_cli_compare_old_samples_spelling_still_works_with_a_warning(recs, capsys):
+    _, a, b = recs
+    assert main(["compare", str(a), str(b), "--resamples", "100", "--seed", "1"]) == 0
+    new = capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--samples", "100", "--seed", "1"]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and "100 resamples" in old.out
+    assert "--samples is deprecated; use --resamples" in old.err and not new.err
+    assert main(["compare", str(a), str(b), "--samples", "100", "--resamples", "50"]) == 2
+    assert "give --resamples only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--resamples", "0"], ["--seed", "-1"], ["--samples", "0"]], ids=" ".join)
+def test_cli_compare_refuses_out_of_range_numbers_before_reading_records(argv, capsys):
+    assert main(["compare", "missing-a.json", "missing-b.json", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and argv[0] in err and "missing-a.json" not in err
+
+
+def test_cli_compare_prints_method_names_with_brackets_as_they_are(recs, tmp_path, capsys):
+    _, a, b = recs
+    rec = json.loads(a.read_text())
+    rec["method"] = "[bold]x[/bold]"
+    p = tmp_path / "edam-1.json"
+    p.write_text(json.dumps(rec))
+    shutil.copy(a.with_suffix("").with_suffix(".counts.npz"), tmp_path / "edam-1.counts.npz")
+    assert main(["compare", str(p), str(b), "--resamples", "20"]) == 0
+    assert "[bold]x[/bold]" in capsys.readouterr().out

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,16 +166,7 @@ def test_writing_into_a_file_or_read_only_folder_is_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
-def _umask_respected_by_io(tmp: Path) -> bool:
-    wio.atomic_write_bytes(tmp / "probe", b"x")
-    old = os.umask(0)
-    os.umask(old)
-    return stat.S_IMODE((tmp / "probe").stat().st_mode) == 0o666 & ~old
-
-
 def test_record_and_counts_respect_the_umask(tmp_path):
-    if not _umask_respected_by_io(tmp_path):
-        pytest.xfail("wsss_bench.io.atomic_path creates files 0600 (mkstemp); the io owner is fixing it")
     old = os.umask(0o027)
     try:
         path = write_record(tmp_path / "r", _record(), _counts(), stem="run")

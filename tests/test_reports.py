@@ -211,7 +211,7 @@ def test_ci_column_against_top_row(board):
 
 def test_regeneration_is_deterministic_and_skips_its_own_output(real, tmp_path):
     _, _, out, paths, seg = real
-    cmd = "wsss-bench leaderboard records --out lb --samples 1"
+    cmd = "wsss-bench leaderboard records --out lb --grid-images 1"
     build_leaderboard([out], out, samples=1, command=cmd)  # pages next to the records, as leaderboards/demo
     assert (out / "leaderboard.json").is_file()
     # the generated leaderboard.json in the records folder is not taken for a record

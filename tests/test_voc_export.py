@@ -123,4 +123,7 @@ def test_an_unwritable_archive_path_is_one_line(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["export-voc-test", str(d), "--out", str(blocker / "r.tar.gz")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "cannot write the archive" in err and err.count("\n") == 1
+    # refused before any work, naming the file in the way
+    assert err.startswith("error: ") and f"{blocker} is a file" in err and err.count("\n") == 1
+    with pytest.raises(WsssBenchError, match="cannot write the archive"):  # the function itself, too
+        export_voc_test(d, blocker / "r.tar.gz")

@@ -5,19 +5,50 @@ Both plug-in kinds are found through an entry-point group (``wsss_bench.methods`
 ``wsss_bench.segmenters``); the built-in ones are declared in wsss-bench's own ``pyproject.toml``
 the same way a third-party package declares one. A plug-in that fails to import produces a warning
 naming it in listings, never a crash.
+
+Importing this module, the two base classes and the built-in adapters costs no torch: listing the
+plug-ins (``wsss-bench methods``) reads only class attributes. Networks live in separate modules
+(``methods/nets``, ``segmenters/nets``, ``methods/backbones``) that an adapter imports when it
+builds its network; the adapter modules re-export their names through :func:`lazy_exports`. A
+third-party adapter may import torch at module level: it then costs only its own import.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 import warnings
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from wsss_bench.errors import WsssBenchError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def lazy_exports(module: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` (PEP 562) for ``module``: each name of ``exports`` (name -> the
+    module defining it) is imported on first access and then cached in ``module``.
+
+    ``from wsss_bench.methods.cam import CAMNet`` keeps working although the network class lives in
+    :mod:`wsss_bench.methods.nets.cam` and ``import wsss_bench.methods.cam`` imports no torch.
+    """
+
+    def __getattr__(name: str) -> Any:
+        target = exports.get(name)
+        if target is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(target), name)
+        setattr(sys.modules[module], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[module])) | set(exports))
+
+    return __getattr__, __dir__
 
 
 class Registry:
@@ -116,6 +147,8 @@ def load_checkpoint_strict(model: nn.Module, path: str, filter_fn: Callable[[dic
 def check_finite(state: dict[str, Any], path: Any) -> None:
     """Refuse a checkpoint whose floating-point tensors hold NaN or infinity (a diverged training
     run): its maps would be silently turned into zeros further down."""
+    import torch
+
     bad = [k for k, v in state.items()
            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:

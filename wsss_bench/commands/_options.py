@@ -10,6 +10,8 @@ the modules that act on them (``wsss_bench.data.DATASETS``, ``wsss_bench.inferen
 from __future__ import annotations
 
 import enum
+import os
+from pathlib import Path
 from typing import Any
 
 from wsss_bench.errors import WsssBenchError
@@ -101,3 +103,41 @@ def literal(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+#: ``export-voc-test --comp``: the VOC server's competitions (``wsss_bench.reports.voc_export.COMPETITIONS``)
+VocComp = choice_enum("VocComp", ("comp6", "comp5"))
+
+
+def check_output_file(path: Any, option: str) -> None:
+    """Fail before any work if ``path`` cannot be written as a file: it is a folder, a parent is a
+    file, or the nearest existing parent folder is not writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise WsssBenchError(f"{option} must be a file name, but this is a folder", p)
+    _check_parents(p, option)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise WsssBenchError(f"{option}: {p} is not writable", p)
+
+
+def check_output_folder(path: Any, option: str) -> None:
+    """Fail before any work if ``path`` cannot become a writable folder: a file of that name exists,
+    a parent is a file, or the nearest existing folder is not writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise WsssBenchError(f"{option} must be a folder, but a file of that name exists", p)
+    if p.is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise WsssBenchError(f"{option}: {p} is not writable", p)
+        return
+    _check_parents(p, option)
+
+
+def _check_parents(p: Path, option: str) -> None:
+    probe = p.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise WsssBenchError(f"{option}: {probe} is a file, so {p} cannot be written", p)
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise WsssBenchError(f"{option}: {probe} is not writable", p)

@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from wsss_bench.commands._options import Crowd, Dataset, MaskIds, VocLabels, value_of
+from wsss_bench.commands._options import (
+    Crowd,
+    Dataset,
+    MaskIds,
+    VocLabels,
+    check_output_file,
+    check_output_folder,
+    value_of,
+)
 from wsss_bench.commands._ui import console, progress_bar
 from wsss_bench.errors import WsssBenchError
 
@@ -46,7 +54,8 @@ def check_command(
                                     "annotations (default: dropped, as the protocol says)."),
     workers: int = typer.Option(2, "--workers", min=0, metavar="N", help="Worker processes."),
     quick: bool = typer.Option(False, "--quick", help="Read image headers only (skip full JPEG decoding)."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the full report as JSON to this file."),
+    json_out: Path = typer.Option(None, "--json", metavar="FILE",
+                                  help="Also write the full report as JSON to this file."),
 ) -> None:
     """Verify a dataset layout before a run; exits with code 2 if any error is found.
 
@@ -56,6 +65,8 @@ def check_command(
 
     Example: [bold]wsss-bench datasets check --dataset voc --data-root VOCdevkit/VOC2012 --split train,val[/bold]
     """
+    if json_out is not None:  # before the (long) check, not after it
+        check_output_file(json_out, "--json")
     from wsss_bench.data.check import check_dataset
     from wsss_bench.io import atomic_write_json
 
@@ -77,7 +88,10 @@ def check_command(
     if len(ordered) > MAX_ROWS:
         console.print(f"... and {len(ordered) - MAX_ROWS} more (use --json FILE for the full list)")
     if json_out is not None:
-        atomic_write_json(json_out, report.to_json())
+        try:
+            atomic_write_json(json_out, report.to_json())
+        except OSError as e:  # a full disk, a folder that went away meanwhile
+            raise WsssBenchError(f"--json: cannot write the report ({e.strerror or e})", json_out) from None
     n_err, n_warn = len(report.errors), len(report.warnings)
     if n_err:
         # a WsssBenchError is how a command exits non-zero here (cli.main turns it into exit code 2)
@@ -108,6 +122,8 @@ def prepare_command(
     """
     if dataset.lower() != "coco":
         raise WsssBenchError(f"only coco needs preparing (got {dataset!r}); VOC and synthetic masks are read as they are")
+    if cache is not None:
+        check_output_folder(cache, "--cache")
     from wsss_bench.data.coco import prepare_coco_masks
 
     for s in _split_list(split) or []:
@@ -129,8 +145,8 @@ def synth_command(
                              "synthetic set, refused if it holds anything else."),
     images: int = typer.Option(200, "--images", min=4, metavar="N", help="Number of images (every 4th goes to val)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
-    min_size: int = typer.Option(96, "--min-size", min=1, metavar="PX", help="Smallest image side in pixels."),
-    max_size: int = typer.Option(128, "--max-size", min=1, metavar="PX", help="Largest image side in pixels."),
+    min_size: int = typer.Option(96, "--min-size", min=32, max=4096, metavar="PX", help="Smallest image side in pixels."),
+    max_size: int = typer.Option(128, "--max-size", min=32, max=4096, metavar="PX", help="Largest image side in pixels."),
 ) -> None:
     """Generate the synthetic shapes dataset in VOC layout (deterministic from --seed).
 
@@ -139,6 +155,7 @@ def synth_command(
 
     Example: [bold]wsss-bench datasets synth --out shapes --images 400 --seed 0[/bold]
     """
+    check_output_folder(out, "--out")
     from wsss_bench.data.synthetic import MANIFEST_NAME, generate
 
     path = generate(out, num_images=images, seed=seed, size=(min_size, max_size))

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.inference.cache import read_maps
 from wsss_bench.io import atomic_write_json, write_index_png
+from wsss_bench.metrics.rules import pseudo_label as protocol_label
 
 PSEUDO_JSON = "wsss-bench-pseudo.json"
 PSEUDO_FORMAT = "wsss-bench-pseudo"
@@ -41,30 +41,13 @@ def label_rule(threshold: str, res: dict[str, Any], native: tuple[str, float]) -
     return "constant", float(threshold)
 
 
-def hard_label(maps: torch.Tensor, classes: np.ndarray, rule: tuple[str, float],
+def hard_label(maps: Any, classes: np.ndarray, rule: tuple[str, float],
                ignore_band: tuple[float, float] | None = None) -> np.ndarray:
     """uint8 [H, W]: the top class (lowest index on ties) where it is foreground under ``rule``
-    (``constant t``: m > float32(t); ``power a``: m > (1 - m) ** a, in float32), background elsewhere;
-    with ``ignore_band=(lo, hi)``, 255 where lo <= m < hi."""
-    H, W = maps.shape[-2:]
-    if maps.shape[0] == 0:
-        return np.zeros((H, W), np.uint8)
-    cls = torch.as_tensor(np.asarray(classes, dtype=np.int64), device=maps.device)
-    order = torch.argsort(cls)
-    m, k = maps[order].float().clamp(0, 1).max(dim=0)
-    k = cls[order][k]
-    kind, value = rule
-    if kind == "constant":
-        fg = m > torch.tensor(value, dtype=torch.float32, device=m.device)
-    elif kind == "power":
-        fg = m > (1 - m) ** torch.tensor(value, dtype=torch.float32, device=m.device)
-    else:
-        raise WsssBenchError(f"unknown background rule {kind!r}")
-    label = torch.where(fg, k, torch.zeros_like(k))
-    if ignore_band is not None:
-        lo, hi = ignore_band
-        label = torch.where((m >= lo) & (m < hi), torch.full_like(label, 255), label)
-    return label.to(torch.uint8).cpu().numpy()
+    (``constant t``: m > float32(t); ``power a``: m > t*, the float32 root of t = (1 - t) ** a, the
+    very comparison the evaluator's native rule makes), background elsewhere; with
+    ``ignore_band=(lo, hi)``, 255 where lo <= m < hi. See :func:`wsss_bench.metrics.rules.pseudo_label`."""
+    return protocol_label(maps, classes, rule=rule, ignore_band=ignore_band)
 
 
 def write_pseudo_labels(ds: Any, ids: list[str], cams_dir: Path, out_dir: Path, rule: tuple[str, float],
@@ -75,10 +58,10 @@ def write_pseudo_labels(ds: Any, ids: list[str], cams_dir: Path, out_dir: Path, 
     out_dir.mkdir(parents=True, exist_ok=True)
     for image_id in ids:
         classes, scores = read_maps(cams_dir, image_id)
-        label = hard_label(torch.from_numpy(scores.astype(np.float32)), classes, rule, ignore_band)
+        label = hard_label(scores.astype(np.float32, copy=False), classes, rule, ignore_band)
         write_index_png(out_dir / f"{image_id}.png", label, ds.classes.palette)
         if evaluator is not None:
-            evaluator.update(torch.from_numpy(label), torch.from_numpy(ds.load_mask(image_id)), image_id=image_id)
+            evaluator.update(label, ds.load_mask(image_id), image_id=image_id)
 
 
 def pseudo_json(record: dict[str, Any], threshold: float | None, threshold_rule: str,

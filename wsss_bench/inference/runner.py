@@ -33,8 +33,9 @@ from wsss_bench.inference.loading import Items, batches, iterate
 from wsss_bench.inference.maps import build_adapter, compute_maps, resolve_settings
 from wsss_bench.inference.pseudo import label_rule, pseudo_json, write_pseudo_json, write_pseudo_labels
 from wsss_bench.inference.refinement import make_refiner, refinement_params
-from wsss_bench.methods.base import Background
 from wsss_bench.metrics.confusion import ConfusionEvaluator
+from wsss_bench.metrics.official import official_for_adapter
+from wsss_bench.metrics.rules import NativeRule
 from wsss_bench.metrics.sweep import SweepEvaluator
 from wsss_bench.records import new_record, slug, write_record
 
@@ -117,7 +118,7 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
 
     my_ids = D.shard(ids, info)
     native = (settings.background.rule, float(settings.background.value))
-    ev = SweepEvaluator(ds.classes.num_classes, cfg.num_thresholds, device=device)
+    ev = SweepEvaluator(ds.classes.num_classes, cfg.num_thresholds, device=device, native_rule=native)
     ref_ev = ConfusionEvaluator(ds.classes.num_classes, device=device) if refiner else None
     items = Items(ds, [index[i] for i in my_ids], settings, cams_dir if use_cache else None, cfg.cache_dtype)
     stats = {"cached": 0, "computed": 0, "recomputed_corrupt": 0}
@@ -161,7 +162,12 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
     for k in list(stats):
         stats[k] = D.all_sum_int(stats[k], info)
     seconds = D.all_max_float(seconds, info)
-    res = ev.results(native_threshold=settings.background.threshold())
+    res = ev.results()
+    # beside the protocol's number, the one the method's own evaluation script prints for these maps
+    # (its label set is the image labels, as here, and its threshold the native one)
+    official = official_for_adapter(adapter.name, ev.native_confusion(with_ignore=True))
+    if official is not None:
+        official.update(ev.native_rule.to_dict())
 
     rule, labels_miou = None, None
     if cfg.save_pseudo:
@@ -192,12 +198,12 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
         cams_dir=None if cams_dir is None else os.path.abspath(cams_dir), map_dtype=cfg.cache_dtype,
         pseudo_dir=None if not cfg.save_pseudo else os.path.abspath(cfg.save_pseudo),
         limit=cfg.limit, num_thresholds=cfg.num_thresholds, cache=stats, timings=timings,
-        **res, **dict(adapter.record_fields),
+        **res, **({} if official is None else {"official": official}), **dict(adapter.record_fields),
     )
     record["counts_threshold"] = res["best_threshold"]
     if rule is not None:
         threshold_rule = cfg.threshold if cfg.threshold in ("best", "native", "calibrated") else "value"
-        t_equiv = rule[1] if rule[0] == "constant" else Background(*rule).threshold()
+        t_equiv = NativeRule.parse(rule).threshold
         record.update(pseudo_threshold=t_equiv, pseudo_threshold_rule=threshold_rule,
                       pseudo_rule={"rule": rule[0], "value": rule[1]}, pseudo_labels_miou=labels_miou)
     path = write_record(out, record, counts, stem=name)
@@ -207,7 +213,7 @@ def _run(cfg: RunConfig, device: torch.device, info: D.DistInfo, progress: Progr
                                                        cfg.ignore_band, record_file=path))
     if ref_ev is not None:
         refined = {k: v for k, v in record.items()
-                   if k not in ("sweep", "best_threshold", "best_threshold_index", "calibrated", "native",
+                   if k not in ("sweep", "best_threshold", "best_threshold_index", "calibrated", "native", "official",
                                 "counts_threshold", "metrics", "per_image_counts", "cams_dir", "pseudo_dir")}
         refined.update(name=f"{name}-{slug(cfg.refine)}", variant=cfg.refine, metrics=ref_ev.metrics(),
                        refinement=refinement_params(cfg))

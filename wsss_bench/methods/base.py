@@ -9,7 +9,9 @@ evaluation) is done by the runner (:mod:`wsss_bench.inference`) under :class:`In
 so a new method is a page of code.
 
 Adapters are found through the entry-point group ``wsss_bench.methods``; see
-:mod:`wsss_bench.methods.registry`.
+:mod:`wsss_bench.methods.registry`. Listing them reads only class attributes: an adapter module
+imports torch and its network where it builds and runs it (:meth:`MethodAdapter.build`,
+:meth:`MethodAdapter.forward_maps`), so ``wsss-bench methods`` starts without torch.
 """
 
 from __future__ import annotations
@@ -17,10 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.plugins import (  # noqa: F401 - load_strict and coerce_like are re-exported
@@ -30,6 +29,10 @@ from wsss_bench.plugins import (  # noqa: F401 - load_strict and coerce_like are
     resolve_backbone,
     resolve_hparams,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

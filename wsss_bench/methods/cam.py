@@ -40,14 +40,19 @@ timm / torchvision ResNet state dict plus ``classifier.weight``, or our own).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
+from wsss_bench.plugins import lazy_exports
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: the network code (torch, timm) is imported when the adapter builds it; re-exported from here
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(
+    ("build_resnet", "CAMNet", "fill_batchnorm_counters"), "wsss_bench.methods.nets.cam"))
 
 # name -> (block, layers, channels, stem width)
 RESNETS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...], int]] = {
@@ -58,45 +63,6 @@ RESNETS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...], int]] = {
     # a narrow ResNet of the same structure for tests and the demo (~0.3 M parameters)
     "resnet-tiny": ("basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
 }
-
-
-def build_resnet(name: str, last_stride: int = 1) -> nn.Module:
-    """A timm ResNet without head (never downloads); layer4 stride set to ``last_stride`` without
-    dilation, as IRN's ``strides=(2, 2, 2, 1)``."""
-    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-
-    block, layers, channels, stem = RESNETS[name]
-    net = ResNet(BasicBlock if block == "basic" else Bottleneck, list(layers), num_classes=0,
-                 global_pool="", channels=channels, stem_width=stem)
-    first = net.layer4[0]
-    for mod in first.modules():
-        if isinstance(mod, nn.Conv2d) and mod.stride != (1, 1):
-            mod.stride = (last_stride, last_stride)
-    return net
-
-
-class CAMNet(nn.Module):
-    def __init__(self, backbone: str, num_classes: int):
-        super().__init__()
-        self.backbone = build_resnet(backbone)
-        self.classifier = nn.Conv2d(self.backbone.num_features, num_classes, 1, bias=False)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Image-level logits: the classifier after global average pooling (IRN ``Net.forward``)."""
-        f = self.features(x).mean(dim=(2, 3), keepdim=True)
-        return self.classifier(f).flatten(1)
-
-
-def fill_batchnorm_counters(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Add ``num_batches_tracked`` buffers a checkpoint lacks (unused at inference)."""
-    out = dict(state)
-    for k, v in model.state_dict().items():
-        if k.endswith("num_batches_tracked") and k not in out:
-            out[k] = torch.zeros_like(v)
-    return out
 
 
 #: IRN's ``resnet50_cam.Net`` registers every backbone module twice more (``stage1`` = Sequential(conv1,
@@ -124,6 +90,17 @@ def irn_duplicate_of(key: str) -> str | None:
 
 def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN matching NaN (the copies of one diverged tensor are still copies)."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 def irn_checkpoint_filter(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,7 +134,7 @@ def irn_checkpoint_filter(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             original = irn_duplicate_of(k)
             if original is None:
                 unknown.append(k)
-            elif original not in state or not (state[original].shape == v.shape and torch.equal(state[original], v)):
+            elif original not in state or not _same_tensor(state[original], v):
                 differing.append(k)
         if unknown:
             raise WsssBenchError(f"checkpoint has keys that are neither IRN's resnet50_cam network nor its "
@@ -191,13 +168,19 @@ class CAMAdapter(MethodAdapter):
         background=Background("constant", 0.15))
 
     def build(self) -> nn.Module:
+        from wsss_bench.methods.nets.cam import CAMNet
+
         self.model = CAMNet(self.backbone, self.num_classes).eval()
         return self.model
 
     def filter_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from wsss_bench.methods.nets.cam import fill_batchnorm_counters
+
         return fill_batchnorm_counters(irn_checkpoint_filter(state), self.model)
 
     def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         feats = self.model.features(views)
         w = self.model.classifier.weight[classes]
         return F.relu(F.conv2d(feats, w))

@@ -8,12 +8,13 @@ this trivial map each method is.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class CenterPriorAdapter(MethodAdapter):
@@ -28,10 +29,14 @@ class CenterPriorAdapter(MethodAdapter):
                                background=Background("constant", 0.5))
 
     def build(self) -> nn.Module:
+        from torch import nn
+
         self.model = nn.Identity()
         return self.model
 
     def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        import torch
+
         V, _, h, w = views.shape
         sigma = float(self.hparams["sigma"]) * min(h, w)
         ys = torch.arange(h, device=views.device, dtype=torch.float32) - (h - 1) / 2

@@ -51,15 +51,20 @@ drops only the keys of the four training-only modules; everything inference uses
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.methods.backbones.resnet38 import ResNet38, add_missing_bn_counters
 from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
+from wsss_bench.plugins import lazy_exports
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: the network code (torch) is imported when the adapter builds it; re-exported from here
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(("da_maps", "EDAMNet"), "wsss_bench.methods.nets.edam")
+                                    | dict.fromkeys(("ResNet38", "add_missing_bn_counters"),
+                                                    "wsss_bench.methods.backbones.resnet38"))
 
 #: Prefixes of EDAM's training-only modules (collaborative multi-attention), never used at inference.
 EDAM_TRAINING_ONLY_PREFIXES = ("d_d.", "embedding.", "trans_list.", "fc_list.")
@@ -86,37 +91,6 @@ def backbone_width(backbone: str) -> float:
     raise WsssBenchError(f"edam: cannot read a width from backbone {backbone!r} (expected resnet38-w<k>)")
 
 
-def da_maps(features: torch.Tensor, mask_weight: torch.Tensor) -> torch.Tensor:
-    """EDAM's DA masks: |L2-normalise_channels(conv3x3(features, mask_weight))|, all channels.
-
-    ``features`` [N, C, h, w], ``mask_weight`` [num_classes + 1, C, 3, 3] -> [N, num_classes + 1, h, w]
-    (EDAM ``network/resnet38_EDAM_cls.py``, ``forward_cam``).
-    """
-    mask = F.conv2d(features, mask_weight, padding=1)
-    return F.normalize(mask, p=2.0, dim=1).abs()
-
-
-class EDAMNet(ResNet38):
-    """ResNet-38 (no final ReLU) + the DA layer ``mask_layer``: EDAM's ``Net`` at inference.
-
-    Subclassing the backbone keeps EDAM's flat names (``conv1a``, ``b2`` .. ``bn7``,
-    ``mask_layer``), so its checkpoint needs no renaming.
-    """
-
-    def __init__(self, num_classes: int, width: float = 1.0):
-        super().__init__(width=width, final_relu=False)
-        self.mask_layer = nn.Conv2d(self.out_channels, num_classes + 1, 3, padding=1, bias=False)
-        nn.init.xavier_uniform_(self.mask_layer.weight)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The ResNet-38 features [N, C, H/8, W/8] (``bn7`` output, no ReLU)."""
-        return super().forward(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """All DA masks [N, num_classes + 1, H/8, W/8]."""
-        return da_maps(self.features(x), self.mask_layer.weight)
-
-
 def filter_edam_checkpoint(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """EDAM's released state dict -> :class:`EDAMNet` names.
 
@@ -125,6 +99,8 @@ def filter_edam_checkpoint(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     ``num_batches_tracked`` counters that old files lack. Any other key is kept, so the strict load
     names it as unexpected.
     """
+    from wsss_bench.methods.backbones.resnet38 import add_missing_bn_counters
+
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith("module."):
@@ -168,6 +144,8 @@ class EDAMAdapter(MethodAdapter):
         self.native = EDAM_NATIVE.replace(background=Background("constant", theta))
 
     def build(self) -> nn.Module:
+        from wsss_bench.methods.nets.edam import EDAMNet
+
         self.model = EDAMNet(self.num_classes, width=float(self.hparams["width"])).eval()
         return self.model
 
@@ -178,6 +156,8 @@ class EDAMAdapter(MethodAdapter):
         if self.model is None:
             self.build()
         assert self.model is not None
+        import torch
+
         classes = classes.to(device=views.device, dtype=torch.long)
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
             raise WsssBenchError(

@@ -83,22 +83,22 @@ take the evident intent: the actual token grid, resized to ``(h, w)``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.methods.backbones.vit import (
-    AttentionCapture,
-    build_vit,
-    embed_dim,
-    num_prefix_tokens,
-    tokens_to_grid,
-    vit_forward,
-)
 from wsss_bench.methods.base import Background, InferenceSettings, MethodAdapter
+from wsss_bench.plugins import lazy_exports
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: the network code (torch, timm) is imported when the adapter builds it; re-exported from here
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(
+    ("ProjectReadout", "GETAMBackbone", "build_getam_backbone", "GETAMNet", "getam_token_map", "normalise_max"),
+    "wsss_bench.methods.nets.getam")
+    | dict.fromkeys(("AttentionCapture", "build_vit", "embed_dim", "num_prefix_tokens", "tokens_to_grid", "vit_forward"),
+                    "wsss_bench.methods.backbones.vit"))
 
 #: GETAM resizes its position embedding bilinearly (``models/vision_transformer.py``).
 GETAM_POS_MODE = "bilinear"
@@ -131,99 +131,6 @@ def getam_native_settings(crop_size: int) -> InferenceSettings:
         fuse_at="input" if crop_size else "image", flip_fusion="sum", scale_fusion="sum",
         normalization=NATIVE_NORMALIZATION, eps=1e-5, background=GETAM_BACKGROUND,
     )
-
-
-class ProjectReadout(nn.Module):
-    """DPT's readout projection: concat(patch token, class token) -> Linear(2D, D) -> GELU.
-
-    The readout is the first token only, also for the distilled DeiT (``DPT/vit.py``);
-    ``start_index`` is where the patch tokens begin (1, or 2 with a distillation token).
-    """
-
-    def __init__(self, dim: int, start_index: int = 1):
-        super().__init__()
-        self.start_index = start_index
-        self.project = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU())
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, self.start_index:]
-        readout = tokens[:, :1].expand_as(patches)
-        return self.project(torch.cat([patches, readout], dim=-1))
-
-
-class GETAMBackbone(nn.Module):
-    """GETAM's ``pretrained`` module: ``model`` (the timm ViT) and ``act_postprocess4``.
-
-    ``act_postprocess4`` keeps the official indices: ``0`` readout, ``1``/``2`` parameter-free
-    (transpose, unflatten to the grid), ``3`` 1 x 1 conv, ``4`` 3 x 3 stride-2 conv. The DPT
-    segmenter adds ``act_postprocess1..3`` itself.
-    """
-
-    def __init__(self, backbone: str):
-        super().__init__()
-        self.model = build_vit(backbone)
-        self.start_index = num_prefix_tokens(self.model)
-        d = embed_dim(self.model)
-        self.act_postprocess4 = nn.Sequential(
-            ProjectReadout(d, self.start_index), nn.Identity(), nn.Identity(),
-            nn.Conv2d(d, d, kernel_size=1), nn.Conv2d(d, d, kernel_size=3, stride=2, padding=1),
-        )
-
-    def forward_tokens(self, x: torch.Tensor, keep_blocks: tuple[int, ...] = (-1,)):
-        """Token forward pass with GETAM's bilinear position-embedding resize (no final norm)."""
-        return vit_forward(self.model, x, pos_mode=GETAM_POS_MODE, keep_blocks=keep_blocks,
-                           final_norm=False)
-
-    def postprocess4(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """``act_postprocess4`` on the last block's tokens -> feature map [B, D, gh', gw']."""
-        x = tokens_to_grid(self.act_postprocess4[0](tokens), grid)
-        return self.act_postprocess4[4](self.act_postprocess4[3](x))
-
-
-def build_getam_backbone(backbone: str) -> GETAMBackbone:
-    """The ViT part of GETAM's network with official parameter names (for the DPT segmenter)."""
-    return GETAMBackbone(backbone)
-
-
-class GETAMNet(nn.Module):
-    """GETAM's classification path: ``pretrained`` + ``cls_head`` (``DPT.forward_cls``)."""
-
-    def __init__(self, backbone: str, num_classes: int):
-        super().__init__()
-        self.pretrained = GETAMBackbone(backbone)
-        self.cls_head = nn.Linear(embed_dim(self.pretrained.model), num_classes)
-
-    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Logits [B, classes] and the patch grid of ``x``."""
-        out = self.pretrained.forward_tokens(x, keep_blocks=(-1,))
-        last = out.blocks[len(self.pretrained.model.blocks) - 1]
-        feat = self.pretrained.postprocess4(last, out.grid)
-        return self.cls_head(feat.mean(dim=(2, 3))), out.grid
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(x)[0]
-
-
-def getam_token_map(attentions: list[torch.Tensor], gradients: list[torch.Tensor],
-                    num_prefix: int) -> torch.Tensor:
-    """GETAM's class-token map over patches, [B, P], from per-block attention and gradient.
-
-    ``attentions[l]``, ``gradients[l]``: [B, heads, N, N] of the blocks to sum.
-    ``sum_l mean_h relu(G*A) * mean_h relu(G)``, row 0, columns ``num_prefix:``, ReLU.
-    """
-    total = None
-    for a, g in zip(attentions, gradients, strict=True):
-        a, g = a.float(), g.float()
-        m = (g * a).clamp(min=0).mean(dim=1) * g.clamp(min=0).mean(dim=1)
-        total = m if total is None else total + m
-    if total is None:
-        raise WsssBenchError("GETAM needs at least one attention block")
-    return torch.relu(total[:, 0, num_prefix:])
-
-
-def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Divide each [..., h, w] map by its maximum + eps."""
-    return maps / (maps.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
 def default_start_block(depth: int) -> int:
@@ -262,6 +169,8 @@ class GETAMAdapter(MethodAdapter):
         self.native = getam_native_settings(self.crop_size)
 
     def build(self) -> nn.Module:
+        from wsss_bench.methods.nets.getam import GETAMNet
+
         self.model = GETAMNet(self.backbone, self.num_classes).eval()
         n = len(self.model.pretrained.model.blocks)
         start = int(self.hparams["start_block"])
@@ -277,6 +186,8 @@ class GETAMAdapter(MethodAdapter):
         return filter_getam_checkpoint(state)
 
     def forward_maps(self, views: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.model is None:
             self.build()
         v, _, h, w = views.shape
@@ -294,6 +205,11 @@ class GETAMAdapter(MethodAdapter):
 
     def _maps_for_rows(self, x: torch.Tensor, row_classes: torch.Tensor) -> torch.Tensor:
         """One forward/backward for rows ``x`` [R, 3, h, w], row r explained for ``row_classes[r]``."""
+        import torch
+
+        from wsss_bench.methods.backbones.vit import AttentionCapture, num_prefix_tokens
+        from wsss_bench.methods.nets.getam import getam_token_map
+
         model = self.model
         vit = model.pretrained.model
         blocks = range(self.start_block, len(vit.blocks))
@@ -314,6 +230,10 @@ class GETAMAdapter(MethodAdapter):
     def _to_input_size(token_map: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
         """Token map [R, P] -> [R, h, w]: the patch grid upsampled with ``align_corners=True`` and
         divided by its max + 1e-5 (``train_from_init.py``)."""
+        import torch.nn.functional as F
+
+        from wsss_bench.methods.nets.getam import normalise_max
+
         maps = token_map.reshape(-1, 1, grid[0], grid[1])
         return normalise_max(F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[:, 0])
 

@@ -1,4 +1,4 @@
-"""Metrics from confusion matrices, as PROTOCOL.md defines them (pure functions, no I/O).
+"""Metrics from confusion matrices, as PROTOCOL.md defines them (pure functions, no I/O, no torch).
 
 A confusion matrix ``conf[g, p]`` counts pixels with ground truth ``g`` predicted as ``p`` over
 non-ignored pixels. For class c: TP = conf[c, c], FP = column sum - TP, FN = row sum - TP.
@@ -11,12 +11,16 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
 
-def counts_from_confusion(conf: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class (TP, FP, FN) int64 arrays from a C x C (or [..., C, C]) confusion matrix."""
-    c = np.asarray(conf.cpu() if isinstance(conf, torch.Tensor) else conf, dtype=np.int64)
+def _numpy(a: Any) -> np.ndarray:
+    return np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a, dtype=np.int64)
+
+
+def counts_from_confusion(conf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class (TP, FP, FN) int64 arrays from a C x C (or [..., C, C]) confusion matrix
+    (numpy or torch)."""
+    c = _numpy(conf)
     tp = np.diagonal(c, axis1=-2, axis2=-1).copy()
     fp = c.sum(axis=-2) - tp
     fn = c.sum(axis=-1) - tp
@@ -44,19 +48,27 @@ def _list(a: np.ndarray) -> list[float | None]:
     return [None if not math.isfinite(float(v)) else float(v) for v in a]
 
 
-def metrics_from_confusion(conf: np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """All protocol metrics of one confusion matrix.
+def metrics_from_confusion(conf: Any) -> dict[str, Any]:
+    """All protocol metrics of one C x C confusion matrix (rows: ground truth, columns: prediction).
 
     Per-class lists are in class order with ``None`` where undefined (0/0). ``miou`` averages IoU
     over the ``num_valid_classes`` classes with TP + FP + FN > 0.
     """
-    c = np.asarray(conf.cpu() if isinstance(conf, torch.Tensor) else conf, dtype=np.int64)
-    tp, fp, fn = counts_from_confusion(c)
+    return metrics_from_counts(*counts_from_confusion(conf))
+
+
+def metrics_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, Any]:
+    """All protocol metrics from per-class TP, FP, FN (int arrays [C]).
+
+    The counted pixels are those with a ground-truth class: sum(TP + FN). Pixel accuracy is
+    sum(TP) over them; frequency-weighted IoU weighs IoU_c by (TP_c + FN_c) / pixels.
+    """
+    tp, fp, fn = (np.asarray(a, dtype=np.int64) for a in (tp, fp, fn))
     union = tp + fp + fn
     iou = _ratio(tp, union)
     valid = union > 0
-    total = int(c.sum())
-    gt_count = c.sum(axis=1)
+    gt_count = tp + fn
+    total = int(gt_count.sum())
     pixel_acc = float(tp.sum() / total) if total else float("nan")
     freq = gt_count / total if total else np.zeros_like(gt_count, dtype=np.float64)
     fw = float(np.sum(freq[valid] * iou[valid])) if total else float("nan")

@@ -5,7 +5,7 @@ class colours, so it stays readable with a dozen runs.
 
 Only runs that saved their maps (``cams_dir`` in the record, one ``<id>.npz`` per image) appear.
 The pseudo label is rebuilt exactly as the protocol defines it at the record's best threshold
-(the quantised top score, :mod:`wsss_bench.metrics.sweep`), over the image's label set (the
+(foreground where the top score exceeds float32(j / T), strictly: :func:`wsss_bench.metrics.rules.pseudo_label`), over the image's label set (the
 ground-truth classes, or the classes the map lists when the record says ``label_source: maps``).
 Images are chosen reproducibly: the ids common to all runs, ordered by the SHA-1 of the id.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.io import load_cam_file
-from wsss_bench.metrics.sweep import quantise_scores, top_class
+from wsss_bench.metrics.rules import clamp_scores
+from wsss_bench.metrics.rules import pseudo_label as protocol_label
 from wsss_bench.reports.plots import _mpl, mpl_text, save_figure
 from wsss_bench.reports.table import row_label
 
@@ -36,10 +36,8 @@ def pseudo_label(classes: np.ndarray, scores: np.ndarray, label_set: list[int], 
         return np.zeros(shape, np.uint8), np.zeros(shape, np.float32)
     stack = np.stack([scores[index[c]].astype(np.float32) if c in index else np.zeros(shape, np.float32)
                       for c in labels])
-    m, k = top_class(torch.from_numpy(stack), torch.tensor(labels, dtype=torch.long))
-    b = quantise_scores(m, num_thresholds)
-    label = torch.where(b >= threshold_index, k, torch.zeros_like(k))
-    return label.numpy().astype(np.uint8), m.clamp(0, 1).numpy().astype(np.float32)
+    label = protocol_label(stack, labels, index=threshold_index, num_thresholds=num_thresholds)
+    return label, clamp_scores(stack.max(axis=0))
 
 
 def choose_ids(ids: list[str], n: int) -> list[str]:

@@ -43,6 +43,8 @@ from wsss_bench.reports.table import (
 )
 
 FORMATS = ("md", "html", "csv", "tex", "json")
+#: The formats whose pages link the plots: with none of them asked for, no plot is drawn (no matplotlib).
+PLOT_FORMATS = ("md", "html", "json")
 FILE_NAMES = {"md": "README.md", "html": "index.html", "csv": "leaderboard.csv", "tex": "leaderboard.tex",
               "json": "leaderboard.json"}
 
@@ -195,7 +197,8 @@ def build_leaderboard(records: list[str | os.PathLike], out_dir: str | os.PathLi
     bootstrap of every row against the top row of its group (``ci_samples`` resamples, ``seed``).
     ``samples``: images in the qualitative grid (runs with saved maps only; 0 = no grid).
     ``command``: the command line shown on the pages as the way to regenerate them. ``plots``:
-    False skips every figure (tables only, fast). Records are ranked together only when protocol version, dataset, split, kind and fingerprint
+    False skips every figure (tables only, fast); figures are drawn only when a format that links
+    them is written (:data:`PLOT_FORMATS`). Records are ranked together only when protocol version, dataset, split, kind and fingerprint
     match. Malformed records in a folder are skipped with a warning naming the file (and listed on
     the pages). Returns the written files.
     """
@@ -205,10 +208,11 @@ def build_leaderboard(records: list[str | os.PathLike], out_dir: str | os.PathLi
         raise WsssBenchError(f"unknown leaderboard format {bad[0] if bad else '(none)'!r} "
                              f"(expected some of {', '.join(FORMATS)})")
     spec = get_metric(sort)
+    plots = plots and any(f in PLOT_FORMATS for f in fmts)
     if samples < 0:
-        raise WsssBenchError(f"--samples must be >= 0, got {samples}")
+        raise WsssBenchError(f"grid images (samples) must be >= 0, got {samples}")
     if ci and ci_samples < 1:
-        raise WsssBenchError(f"--ci-samples must be >= 1, got {ci_samples}")
+        raise WsssBenchError(f"bootstrap resamples (ci_samples) must be >= 1, got {ci_samples}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise WsssBenchError("the output folder is a file", out)
@@ -222,7 +226,7 @@ def build_leaderboard(records: list[str | os.PathLike], out_dir: str | os.PathLi
     if command is None:
         command = "wsss-bench leaderboard " + " ".join(str(p) for p in records) + f" --out {out}" + \
             (f" --sort {sort}" if sort != "miou_best" else "") + (" --ci" if ci else "") + \
-            (f" --samples {samples}" if samples else "")
+            (f" --grid-images {samples}" if samples else "")
     try:
         reports = [_group_report(g, sort, out, base, ci, ci_samples, seed, samples, plots) for g in groups]
         lb = Leaderboard(title=title or "wsss-bench leaderboard", command=command, sort=spec, groups=reports,

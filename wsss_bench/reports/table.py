@@ -15,15 +15,17 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.records import REQUIRED_FIELDS, read_counts, read_record
 from wsss_bench.reports.descriptors import MetricSpec, sort_key
 from wsss_bench.reports.names import display_name
+
+if TYPE_CHECKING:  # pandas is imported by the functions that build frames (``compare`` needs none)
+    import pandas as pd
 
 GROUP_FIELDS = ("protocol_version", "dataset", "split", "kind", "fingerprint")
 
@@ -320,6 +322,8 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
 
 def ranked_frame(group: Group, sort: MetricSpec) -> pd.DataFrame:
     """The group's rows sorted by ``sort`` (best first, missing last; ties by label), with ``rank``."""
+    import pandas as pd
+
     rows = [record_row(r) for r in group.records]
     order = sorted(range(len(rows)), key=lambda i: (sort_key(sort, rows[i].get(sort.key)),
                                                      rows[i]["label"], rows[i]["record"]))
@@ -331,6 +335,8 @@ def ranked_frame(group: Group, sort: MetricSpec) -> pd.DataFrame:
 
 def per_class_frame(group: Group, order: list[int]) -> pd.DataFrame:
     """Methods x classes IoU (fractions, NaN where undefined), rows in leaderboard order."""
+    import pandas as pd
+
     classes = group.classes
     data = []
     for i in order:
@@ -343,6 +349,8 @@ def per_class_frame(group: Group, order: list[int]) -> pd.DataFrame:
 
 def best_per_class(frame: pd.DataFrame) -> pd.DataFrame:
     """Boolean frame: True where a row holds the highest IoU of its class (all ties marked)."""
+    import pandas as pd
+
     vals = frame.to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
         col_max = np.nanmax(np.where(np.isnan(vals), -np.inf, vals), axis=0) if vals.size else np.zeros(0)

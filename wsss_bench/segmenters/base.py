@@ -42,17 +42,18 @@ Adapters are found through the entry-point group ``wsss_bench.segmenters``; see
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.methods.base import IMAGENET_MEAN, IMAGENET_STD
 from wsss_bench.plugins import load_checkpoint_strict, resolve_backbone, resolve_hparams
 from wsss_bench.refine import CRFParams
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 #: View-fusion rules of :class:`TestTimeSettings`.
 FUSIONS = ("softmax-mean", "mean", "sum", "max")
@@ -122,7 +123,7 @@ class TestTimeSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        if not self.scales or any(not np.isfinite(s) or s <= 0 for s in self.scales):
+        if not self.scales or any(not math.isfinite(s) or s <= 0 for s in self.scales):
             raise WsssBenchError(f"scales must be positive, got {list(self.scales)}")
         if self.fusion not in FUSIONS:
             raise WsssBenchError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
@@ -245,6 +246,8 @@ class Segmenter:
         :attr:`normalize_dtype` (float64 reproduces ``(x - 255 mean) / (255 std)`` of NumPy code
         bit for bit after the rounding to float32: checked for all 256 values of each channel).
         """
+        import torch
+
         if images.ndim != 4 or images.shape[-1] != 3:
             raise WsssBenchError(f"images must be [B, H, W, 3], got shape {tuple(images.shape)}")
         if self.normalize_dtype not in NORMALIZE_DTYPES:

@@ -25,50 +25,24 @@ and **summed**; the scales are fused by **max**; the prediction is the argmax of
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wsss_bench.errors import WsssBenchError
-from wsss_bench.methods.backbones.vit_mct import VIT_MCT_CONFIGS, MultiClassTokenViT, ViTConfig, tokens_to_map
-from wsss_bench.methods.more import NUM_EXTRA_TOKENS, select_more_keys
+from wsss_bench.methods.more import NUM_EXTRA_TOKENS, select_more_keys  # noqa: F401 - NUM_EXTRA_TOKENS re-exported
+from wsss_bench.plugins import lazy_exports
 from wsss_bench.segmenters.base import Segmenter, TestTimeSettings
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: the network code (torch, timm) is imported when the segmenter builds it; re-exported from here
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(("LargeFOV", "MoReSegNet"), "wsss_bench.segmenters.nets.more")
+                                    | dict.fromkeys(("VIT_MCT_CONFIGS", "MultiClassTokenViT", "ViTConfig", "tokens_to_map"),
+                                                    "wsss_bench.methods.backbones.vit_mct"))
 
 #: Prefixes of a MoRe checkpoint that the segmentation head does not read.
 SEGMENTER_IGNORED_PREFIXES = ("classifier.", "aux_classifier.", "graph_layer.", "encoder.head.")
-
-
-class LargeFOV(nn.Module):
-    """MoRe's ``decoder.LargeFOV`` (``model/decoder/conv_head.py``), parameter names ``conv6/7/8``."""
-
-    def __init__(self, in_channels: int, num_classes: int, width: int = 512, dilation: int = 5):
-        super().__init__()
-        self.conv6 = nn.Conv2d(in_channels, width, 3, padding=dilation, dilation=dilation, bias=False)
-        self.relu6 = nn.ReLU(inplace=True)
-        self.conv7 = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False)
-        self.relu7 = nn.ReLU(inplace=True)
-        self.conv8 = nn.Conv2d(width, num_classes, 1, bias=False)
-        for m in (self.conv6, self.conv7, self.conv8):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv8(self.relu7(self.conv7(self.relu6(self.conv6(x)))))
-
-
-class MoReSegNet(nn.Module):
-    """``encoder`` (4 + K class tokens, K foreground classes) and ``decoder`` of MoRe's ``network``."""
-
-    def __init__(self, num_classes: int, config: ViTConfig | None = None, decoder_width: int = 512):
-        super().__init__()
-        cfg = config or ViTConfig()
-        self.encoder = MultiClassTokenViT(NUM_EXTRA_TOKENS + num_classes - 1, cfg)
-        self.decoder = LargeFOV(cfg.embed_dim, num_classes, width=decoder_width)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes, H/16, W/16]`` (background first)."""
-        _, patches, grid = self.encoder(images)
-        return self.decoder(tokens_to_map(patches, grid))
 
 
 class MoReSegmenter(Segmenter):
@@ -91,6 +65,9 @@ class MoReSegmenter(Segmenter):
         width = int(self.hparams["decoder_width"])
         if width < 1:
             raise WsssBenchError(f"segmenter 'more': decoder_width must be positive, got {width}")
+        from wsss_bench.methods.backbones.vit_mct import VIT_MCT_CONFIGS
+        from wsss_bench.segmenters.nets.more import MoReSegNet
+
         self.model = MoReSegNet(self.num_classes, VIT_MCT_CONFIGS[self.backbone], width).eval()
         return self.model
 

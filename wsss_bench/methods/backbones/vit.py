@@ -33,15 +33,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from wsss_bench.errors import WsssBenchError
+
+if TYPE_CHECKING:  # timm is imported by the functions that build networks
+    from timm.models.vision_transformer import VisionTransformer
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def _build_hybrid_demo(**kwargs: Any) -> VisionTransformer:
 
     from timm.layers import GroupNormAct, StdConv2dSame
     from timm.models.resnetv2 import ResNetV2
+    from timm.models.vision_transformer import VisionTransformer
     from timm.models.vision_transformer_hybrid import HybridEmbed
 
     trunk = ResNetV2(layers=(1, 1), channels=(64, 128), num_classes=0, global_pool="", stem_chs=32,
@@ -165,6 +167,8 @@ def build_vit(name: str, **overrides: Any) -> VisionTransformer:
     that no classification head exists (adapters drop the checkpoint's ImageNet head). A hybrid's
     ResNet-V2 trunk gets GETAM's timm-0.4 weight standardisation (:class:`StdConv2dTimm04`).
     """
+    import timm
+
     if name not in VIT_SPECS:
         raise WsssBenchError(f"unknown ViT {name!r} (choose from {', '.join(VIT_SPECS)})")
     spec = VIT_SPECS[name]

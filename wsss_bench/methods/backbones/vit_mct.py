@@ -26,8 +26,6 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from wsss_bench.errors import WsssBenchError
@@ -97,6 +95,9 @@ class MultiClassTokenViT(nn.Module):
     """
 
     def __init__(self, num_tokens: int, config: ViTConfig | None = None):
+        from timm.layers import PatchEmbed, trunc_normal_
+        from timm.models.vision_transformer import Block
+
         super().__init__()
         cfg = config or ViTConfig()
         if num_tokens < 1:
@@ -171,6 +172,8 @@ def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def _init_weights(m: nn.Module) -> None:
+    from timm.layers import trunc_normal_
+
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
