@@ -154,7 +154,9 @@ def build_backbone(out: str | Path, seed: int = 0, steps: int | None = None, dat
     out.mkdir(parents=True, exist_ok=True)
     target = out / FILE
     with atomic_path(target) as tmp:
-        save_file(state, str(tmp), metadata={"seed": str(seed), "recipe": "tiny-synthetic"})
+        # no metadata: safetensors writes a metadata dict's keys in no fixed order, so the bytes (and the
+        # SHA-256) would vary from run to run; the manifest records the seed
+        save_file(state, str(tmp))
     command = f"python -m wsss_bench.training.backbone --out {out} --seed {seed}" + \
         (f" --steps {steps}" if steps != PRETRAIN["steps"] else "") + (f" --images {n}" if num_images else "")
     atomic_write_json(out / MANIFEST, {
