@@ -11,6 +11,9 @@ best threshold when that subset is empty), the ``tiny-synthetic`` recipe trains 
 them (:func:`wsss_bench.training.train_demo_segmenter`'s recipe), and its ``val`` record joins the
 others, so the leaderboard's pipeline table shows pseudo-label mIoU beside final mIoU. The
 trainings run in the same pool of one-thread processes as the runs, each after its pseudo labels.
+On 2 cores shared with other work (load 2-5) the demo took 144 s wall for 145 s of CPU (so about
+75 s on two free cores, an estimate), and 277 s for 314 s of CPU with the segmenters (over 120 s
+even on free cores): the trainings stay behind the flag.
 """
 
 from __future__ import annotations
