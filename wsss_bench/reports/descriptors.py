@@ -65,7 +65,7 @@ METRICS: dict[str, MetricSpec] = {m.key: m for m in (
                description="threshold chosen on the calibration subset, mIoU on the other images"),
     MetricSpec("miou_native", "native-thr. mIoU", True,
                description="mIoU at the method's own background threshold"),
-    MetricSpec("miou_official", "official-script mIoU", True,
+    MetricSpec("miou_official", "official-script mIoU", None,
                description="what the method's own evaluation script (IRN eval_cam.py, EDAM eval.py, "
                            "ToCo/MoRe scores) prints for the same maps at the native threshold; its mean "
                            "over classes differs from the protocol's (docs/protocol.md)"),
