@@ -510,3 +510,106 @@ def test_two_gloo_processes_sum_their_counts_to_the_single_process_result(tmp_pa
         assert r["seg"] == json.loads(json.dumps(single))  # exact: int64 sums
         assert r["conf"] == seg.confusion_matrix().tolist()
         assert r["pl"] == r["pl_again"] == json.loads(json.dumps(single_pl))
+
+
+# ----------------------------------------------------------------------------------------------
+# the README's "Python API" examples, run as written
+# ----------------------------------------------------------------------------------------------
+
+
+def readme_api_blocks() -> list[str]:
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Python API")
+    section = text[start:text.index("\n## ", start + 1)]
+    blocks = re.findall(r"^```python\n(.*?)^```$", section, re.S | re.M)
+    assert len(blocks) == 2
+    return blocks
+
+
+def test_readme_folder_example_runs_on_a_voc_layout_with_irn_maps(voc_tree, tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from wsss_bench.data import build_dataset
+
+    # what the example reads: VOCdevkit/VOC2012 (the fixture), pred/<id>.png for val, IRN maps for train
+    rng = np.random.default_rng(8)
+    val = build_dataset("voc", voc_tree.root, "val")
+    for i in val.ids:
+        g = voc_tree.masks[i]
+        write_png(tmp_path / "pred" / f"{i}.png", np.where(rng.random(g.shape) < 0.8, np.where(g == 255, 0, g), 0))
+    train = build_dataset("voc", voc_tree.root, "train")
+    cam_dir = tmp_path / "irn" / "result" / "cam"
+    cam_dir.mkdir(parents=True)
+    for i in train.ids:
+        g = voc_tree.masks[i]
+        keys = np.array(sorted({int(c) - 1 for c in np.unique(g) if 0 < c < 255}))
+        np.save(cam_dir / f"{i}.npy", {"keys": keys, "high_res": rng.random((len(keys), *g.shape)).astype(np.float32)})
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(readme_api_blocks()[0], "README.md (Python API, folders)", "exec"), ns)  # noqa: S102
+    res, cams, df = ns["res"], ns["cams"], ns["df"]
+    ref = api.evaluate_predictions(tmp_path / "pred", api.ground_truth(tmp_path / "VOCdevkit" / "VOC2012" /
+                                                                       "SegmentationClass", classes="voc",
+                                                                       ids=val.ids), workers=0)
+    assert res.metrics == ref.metrics and res.record["split"] == "val" and res.record["dataset"] == "voc"
+    assert cams.record["kind"] == "pseudo_label" and cams.record["native"]["threshold"] == pytest.approx(0.15)
+    assert isinstance(ns["curve"], pd.DataFrame) and len(ns["curve"]) == 100
+    assert sorted(df["kind"]) == ["pseudo_label", "segmentation"]
+    assert str(res.miou) in capsys.readouterr().out
+
+
+def test_readme_streaming_example_runs_with_stand_in_loaders_and_models():
+    rng = np.random.default_rng(9)
+    C, H, W = 21, 12, 16
+
+    def batch(B=2):
+        masks = torch.from_numpy(rng.integers(0, C, (B, H, W)))
+        masks[:, 0, :] = 255
+        return torch.from_numpy(rng.random((B, 3, H, W)).astype(np.float32)), masks
+
+    val_loader = [batch() for _ in range(3)]
+    train_loader = []
+    for k in range(3):
+        images, masks = batch()
+        labels = torch.zeros(2, C - 1, dtype=torch.long)
+        for b in range(2):
+            present = [int(c) for c in masks[b].unique() if 0 < int(c) < C]
+            labels[b, [c - 1 for c in present]] = 1
+        train_loader.append((images, masks, labels, [f"2007_{k}{b}" for b in range(2)]))
+    w = torch.from_numpy(rng.normal(size=(C, 3)).astype(np.float32))
+
+    def model(images):  # logits [B, 21, H, W]
+        return torch.einsum("kc,bchw->bkhw", w, images)
+
+    def cam_model(images):  # maps [B, 20, H, W], not normalised
+        return torch.relu(model(images)[:, 1:])
+
+    ns = {"val_loader": val_loader, "train_loader": train_loader, "model": model, "cam_model": cam_model}
+    exec(compile(readme_api_blocks()[1], "README.md (Python API, streaming)", "exec"), ns)  # noqa: S102
+    conf = sum(naive_confusion(model(i).argmax(1).numpy(), m.numpy(), C) for i, m in val_loader)
+    assert ns["out"]["miou"] == pytest.approx(naive_metrics(conf)["miou"], abs=1e-12)
+    ref = api.PseudoLabelEvaluator(C, native=0.15)
+    for images, masks, labels, ids in train_loader:
+        maps = torch.stack([api._normalize(m, "max") for m in cam_model(images)])
+        ref.update(maps, labels, masks, image_ids=ids)
+    assert ns["res"] == ref.compute()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pseudo_label_evaluator_on_the_gpu_equals_the_cpu():
+    ids, maps, labels, targets = sweep_case(10, n=10)
+    cpu, gpu = api.PseudoLabelEvaluator(5, native=0.3), api.PseudoLabelEvaluator(5, native=0.3, normalize="max")
+    cpu_n = api.PseudoLabelEvaluator(5, native=0.3, normalize="max")
+    gpu_plain = api.PseudoLabelEvaluator(5, native=0.3)
+    for s in range(0, 10, 5):
+        m, lab, t = (torch.from_numpy(a[s:s + 5]) for a in (maps, labels, targets))
+        cpu.update(m, lab, t, image_ids=ids[s:s + 5])
+        gpu_plain.update(m.cuda(), lab.cuda(), t.cuda(), image_ids=ids[s:s + 5])
+        cpu_n.update(m, lab, t, image_ids=ids[s:s + 5])
+        gpu.update(m.cuda(), lab.cuda(), t.cuda(), image_ids=ids[s:s + 5])
+    assert gpu_plain._ev.backend == "torch"
+    assert gpu_plain.compute() == cpu.compute()
+    a, b = gpu.compute(), cpu_n.compute()  # normalised on the device: float32 division, compare closely
+    assert a["sweep"]["miou"] == pytest.approx(b["sweep"]["miou"], abs=1e-3)
