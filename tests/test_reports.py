@@ -81,7 +81,8 @@ def test_sort_direction_follows_each_metric(tmp_path, key):
     for i in range(5):
         v = float(rng.random())
         extra = {"best_threshold": v, "timings": {"images_per_second": v, "seconds": v, "peak_memory_mb": v},
-                 "calibrated": {"miou": v}, "native": {"miou": v}, "pipeline": {"pseudo_miou": v}}
+                 "calibrated": {"miou": v}, "native": {"miou": v}, "pipeline": {"pseudo_miou": v},
+                 "official": {"script": "irn", "miou": v}}
         p = hand_record(tmp_path / f"r{i}.json", f"r{i}", v, [v, v, None], **extra)
         rec = json.loads(p.read_text())
         for k in ("precision", "recall", "fp_ratio", "fn_ratio"):

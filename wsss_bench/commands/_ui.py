@@ -209,7 +209,10 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                      f"{cal['calibration_images']} images, scored on {cal['num_images']})")
         nat = record.get("native")
         if nat:
-            line += f" | native threshold {nat['threshold']:.2f}: mIoU {pct(nat['miou'])}"
+            line += f" | native threshold {nat['threshold']:.4g}: mIoU {pct(nat['miou'])}"
+        off = record.get("official")
+        if off and off.get("miou") is not None:
+            line += f" | its official script ({off['script']}) would print mIoU {pct(off['miou'])}"
         lines.append(line)
     return lines
 

@@ -65,6 +65,10 @@ METRICS: dict[str, MetricSpec] = {m.key: m for m in (
                description="threshold chosen on the calibration subset, mIoU on the other images"),
     MetricSpec("miou_native", "native-thr. mIoU", True,
                description="mIoU at the method's own background threshold"),
+    MetricSpec("miou_official", "official-script mIoU", None,
+               description="what the method's own evaluation script (IRN eval_cam.py, EDAM eval.py, "
+                           "ToCo/MoRe scores) prints for the same maps at the native threshold; its mean "
+                           "over classes differs from the protocol's (docs/protocol.md)"),
     MetricSpec("precision", "precision", True, description="mean over classes of TP / (TP + FP)"),
     MetricSpec("recall", "recall", True, description="mean over classes of TP / (TP + FN)"),
     MetricSpec("fp_ratio", "FP ratio", False, description="mean over classes of FP / (TP + FP + FN)"),

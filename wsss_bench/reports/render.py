@@ -21,7 +21,7 @@ import pandas as pd
 from wsss_bench.reports.descriptors import METRICS, MetricSpec
 from wsss_bench.reports.table import Group
 
-PSEUDO_COLUMNS = ("miou_best", "best_threshold", "miou_calibrated", "miou_native", "precision", "recall",
+PSEUDO_COLUMNS = ("miou_best", "best_threshold", "miou_calibrated", "miou_native", "miou_official", "precision", "recall",
                   "fp_ratio", "fn_ratio", "images_per_second", "peak_memory_mb")
 SEG_COLUMNS = ("miou_best", "pseudo_miou", "precision", "recall", "fp_ratio", "fn_ratio", "pixel_accuracy",
                "images_per_second", "peak_memory_mb")

@@ -298,6 +298,8 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         "miou_calibrated": _num(cal.get("miou")),
         "miou_native": _num(nat.get("miou")),
         "native_threshold": _num(nat.get("threshold")),
+        "miou_official": _num((record.get("official") or {}).get("miou")),
+        "official_script": (record.get("official") or {}).get("script") or "",
         "precision": _mean_defined(m.get("precision"), valid),
         "recall": _mean_defined(m.get("recall"), valid),
         "fp_ratio": _mean_defined(m.get("fp_ratio"), valid),

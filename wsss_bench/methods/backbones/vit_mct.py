@@ -55,7 +55,7 @@ class ViTConfig:
 #: Built-in sizes: the real one (MoRe's ViT-B/16) first, then a tiny demo size for tests and the demo.
 #: The demo size is 2 blocks of dim 96 with 3 heads (head dim 32): chosen on the demo training set's
 #: val split, where its LAM scored 31.7 mIoU against 28.9 at dim 64 with 2 heads and 28.0 at dim 128
-#: with 4 heads (the README's demo section lists the runs).
+#: with 4 heads (docs/demo-log.md lists the runs).
 VIT_MCT_CONFIGS: dict[str, ViTConfig] = {
     "vit_base_patch16": ViTConfig(),
     "vit_tiny_demo": ViTConfig(embed_dim=96, depth=2, num_heads=3),
