@@ -82,7 +82,8 @@ METRICS: dict[str, MetricSpec] = {m.key: m for m in (
                description="peak memory of the run: the accelerator's when it ran on one (device), "
                            "else the process's resident memory (RSS)"),
     MetricSpec("pseudo_miou", "pseudo-label mIoU", True,
-               description="mIoU of the pseudo labels the segmenter was trained on (from its pseudo-label record)"),
+               description="mIoU of the pseudo-label PNGs the segmenter was trained on, at the threshold they "
+                           "were written at (else the run's best-threshold mIoU)"),
 )}
 
 

@@ -313,7 +313,8 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_mb": peak,
         "peak_memory_kind": peak_kind,
         "device": str(env.get("device_name") or env.get("device") or ""),
-        "pseudo_miou": _num(pipe.get("pseudo_miou")),
+        "pseudo_miou": _num(pipe.get("pseudo_labels_miou") if pipe.get("pseudo_labels_miou") is not None
+                            else pipe.get("pseudo_miou")),
         "segmenter": display_name(str(pipe.get("segmenter") or record.get("segmenter") or "")),
         "recipe": str(pipe.get("recipe") or ""),
         "checkpoint_sha256": (record.get("checkpoint_sha256") or "")[:12],
