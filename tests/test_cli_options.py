@@ -276,3 +276,24 @@ def test_help_paragraphs_are_not_broken_mid_sentence():
     assert reflow("First line\n    continues.\n\n    Second\n    paragraph.") == \
         "First line continues.\n\nSecond paragraph."
     assert reflow("A\n\n\b\nkeep\nlines") == "A\n\n\b\nkeep\nlines"
+
+
+def test_cache_dtype_option_sets_the_cached_maps_and_the_record(synth, tmp_path, capsys):
+    """--cache-dtype float16 halves the cache and the record names it; float32 is the default; a
+    value outside the enum is one line listing the valid ones."""
+    import numpy as np
+
+    base = ["run", "--method", "center-prior", "--dataset", "synthetic", "--data-root", str(synth),
+            "--split", "train", "--limit", "3"]
+    for dtype in ("float16", None):
+        out, cams = tmp_path / f"o-{dtype}", tmp_path / f"c-{dtype}"
+        extra = [] if dtype is None else ["--cache-dtype", dtype]
+        assert main([*base, "--save-cams", str(cams), "--out", str(out), *extra]) == 0
+        rec = json.loads((out / "center-prior-native.json").read_text())
+        assert rec["map_dtype"] == (dtype or "float32")
+        (entry, *_) = sorted(cams.glob("*.npz"))
+        with np.load(entry) as z:
+            assert z["scores"].dtype == np.dtype(dtype or "float32")
+    msg = fails_before_work([*base, "--cache-dtype", "float8", "--out", str(tmp_path / "bad")], capsys, tmp_path,
+                            "--cache-dtype")
+    assert "float32" in msg and "float16" in msg
