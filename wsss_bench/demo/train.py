@@ -411,7 +411,9 @@ def train_demo_models(out: str | Path, seed: int = 0, methods: list[str] | None 
         state = {k: v.detach().contiguous().clone() for k, v in adapter.model.state_dict().items()}
         target = out / f"{name}.safetensors"
         with atomic_path(target) as tmp:
-            save_file(state, str(tmp), metadata={"method": name, "backbone": spec.backbone, "seed": str(seed)})
+            # no safetensors metadata: its keys are written in no fixed order, so the bytes (and the
+            # SHA-256 in the manifest) would vary from one save to the next; the manifest holds them
+            save_file(state, str(tmp))
         manifest[name] = manifest_entry(spec, target, seed, info, state, f"wsss-bench demo train --out {out} --seed {seed}")
         atomic_write_json(manifest_path, manifest)
         if log:
