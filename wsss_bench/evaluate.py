@@ -48,11 +48,36 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(num_images: int) -> int:
-    """The fastest choice measured (benchmarks/bench_sweep.py): one reader process per available
-    core, the main process only adding counts; in-process for a single core or a handful of images."""
+def busy_cores() -> float:
+    """How many of this process's cores other work keeps busy now: the larger of the 1-minute load
+    average and the tasks running at this instant (``/proc/loadavg``, this process not counted),
+    scaled to the share of the machine's CPUs this process may use."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return 0.0
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0]) - 1
+        load = max(load, float(running))
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
+    total = os.cpu_count() or 1
+    return load * available_cores() / max(total, available_cores())
+
+
+def default_workers(num_images: int, busy: float | None = None) -> int:
+    """The fastest choice measured (benchmarks/bench_sweep.py): one reader process per idle core,
+    the main process only adding counts; in-process (0) when fewer than two cores are idle (reader
+    processes then only compete with each other and with the machine's other work: on a busy
+    machine they cost CPU time and win nothing), or for a handful of images. Never more reader
+    processes than available cores. ``busy``: busy cores (default :func:`busy_cores`)."""
     cores = available_cores()
-    return 0 if cores == 1 or num_images < 16 else cores
+    if cores == 1 or num_images < 16:
+        return 0
+    idle = cores - (busy_cores() if busy is None else busy)
+    w = int(idle + 0.5)
+    return min(cores, w) if w >= 2 else 0
 
 
 @dataclass
