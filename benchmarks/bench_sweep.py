@@ -15,7 +15,8 @@ reported:
 
 "busy" rounds run two CPU-bound processes beside each command. The script also prints each
 command's own in-process time (after its imports) and peak memory, the load average, and the
-ratios the evaluation issue sets as goals.
+ratios the evaluation issue sets as goals. The ``load`` column is the median 1-minute load average
+when each command started (other users of the machine included).
 
     python benchmarks/bench_sweep.py --images 200,1464 --rounds 5 [--coco-images 500,2000]
     python benchmarks/bench_sweep.py --scan-workers --images 1464   # which --workers is fastest
@@ -251,11 +252,11 @@ def run_child(a: argparse.Namespace) -> None:
     import PIL.Image  # noqa: F401 - imports before the clock starts
 
     if a.child.startswith("ours"):
-        import torch  # noqa: F401 - records.environment() imports it when the record is made
-
         import wsss_bench.data.classes  # noqa: F401
         import wsss_bench.evaluate  # noqa: F401
-        import wsss_bench.records  # noqa: F401
+        import wsss_bench.records
+
+        wsss_bench.records.environment()  # whatever the record's environment imports, before the clock
     t0 = time.perf_counter()
     src, gt = Path(a.child_args[0]), Path(a.child_args[1])
     if a.child == "irn":
@@ -279,6 +280,7 @@ def run_child(a: argparse.Namespace) -> None:
 def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     """Wall seconds, CPU seconds (user + system, the process and the workers it waited for) and
     the child's own JSON line, if any."""
+    load = os.getloadavg()[0]
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -288,7 +290,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err.decode()[-2000:]}")
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    res = {"wall": wall, "cpu": cpu}
+    res = {"wall": wall, "cpu": cpu, "load": load}
     for line in out.decode().splitlines()[::-1]:
         if line.startswith("{"):
             res.update(json.loads(line))
@@ -367,7 +369,6 @@ def main() -> None:
             cmds = {
                 "wsss-bench eval --cams": ours,
                 "  (start-up only: wsss-bench eval --help)": [py, "-m", "wsss_bench", "eval", "--help"],
-                "  (python -c 'import torch')": [py, "-c", "import torch"],
                 "  (in-process eval_cams)": me + ["--child", "ours-cams", "--child-classes", str(C),
                                                   *(["--child-workers", str(a.workers)] if a.workers is not None
                                                     else []), str(cams), str(gt)],
@@ -403,10 +404,13 @@ def main() -> None:
             inner = {k: statistics.median(x.get("inner_s", float("nan")) for x in v) for k, v in res.items()}
             print(f"\n### {load} ({'two CPU-bound processes beside each command, ' if hogs else ''}"
                   f"load average {before} -> {after}), median of {a.rounds} rounds")
-            print(f"{'command':44s} {'wall s':>8s} {'min':>7s} {'max':>7s} {'cpu s':>7s} {'in-proc s':>10s}")
+            print(f"{'command':44s} {'wall s':>8s} {'min':>7s} {'max':>7s} {'cpu s':>7s} {'in-proc s':>10s} "
+                  f"{'load':>5s}")
             for k in names:
                 walls = [x["wall"] for x in res[k]]
-                print(f"{k:44s} {med[k]:8.2f} {min(walls):7.2f} {max(walls):7.2f} {cpu[k]:7.2f} {inner[k]:10.2f}")
+                lo = statistics.median(x["load"] for x in res[k])
+                print(f"{k:44s} {med[k]:8.2f} {min(walls):7.2f} {max(walls):7.2f} {cpu[k]:7.2f} {inner[k]:10.2f} "
+                      f"{lo:5.1f}")
             if a.scan_workers:
                 continue
             irn100_key = next(k for k in names if k.startswith("IRN eval_cam x100"))

@@ -259,13 +259,19 @@ def test_class_png_maps_are_scored(tmp_path, gt_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--thresholds", "0"], "thresholds must be in 1..10000"),
-    (["--thresholds", "1000000000"], "thresholds must be in 1..10000"),
+    (["--thresholds", "0"], "--num-thresholds must be in 1..10000"),
+    (["--thresholds", "1000000000"], "--num-thresholds must be in 1..10000"),
+    (["--num-thresholds", "0"], "--num-thresholds"),
+    (["--num-thresholds", "1000000000"], "10000"),
+    (["--thresholds", "20", "--num-thresholds", "20"], "give --num-thresholds once"),
+    (["--labels", "nosuch"], "'gt', 'maps'"),
+    (["--official", "nosuch"], "'irn', 'edam', 'toco'"),
+    (["--normalize", "nosuch"], "'max', 'minmax'"),
     (["--native", "1.5"], "native threshold must be a number in [0, 1]"),
     (["--native", "power:0"], "exponent"),
     (["--native", "power:x"], "must be a number"),
     (["--native", "0.1", "--native-threshold", "0.2"], "not both"),
-    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--workers", "-1"], "--workers"),
     (["--pred", "PRED"], "exactly one of --pred"),
     (["--ids", "NOFILE"], "id list file not found"),
 ])

@@ -193,8 +193,10 @@ def test_values_outside_unit_range_are_refused_unless_normalised(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
 def test_written_files_respect_the_umask(tmp_path, umask):
+    """The umask in force when the file is written (read each time, not cached at import)."""
     old = os.umask(umask)
     try:
+        assert wio.current_umask() == umask
         atomic_write_text(tmp_path / "r.json", "{}")
     finally:
         os.umask(old)

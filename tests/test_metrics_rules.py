@@ -97,3 +97,28 @@ def test_top_class_lowest_class_wins_ties():
     c = np.array([[0.9, 0.7]], np.float32)
     m, k = top_class([a, b, c], [3, 8, 11])
     assert k.tolist() == [[11, 8]]
+
+
+def test_per_image_store_round_trips_through_append_extend_pickle_and_lists():
+    import pickle
+
+    from wsss_bench.metrics.rules import PerImageStore
+
+    rng = np.random.default_rng(0)
+    items = [(np.sort(rng.choice(20, size=k, replace=False)).astype(np.int16),
+              rng.integers(0, 1 << 30, size=(k, 4, 3)).astype(np.int32)) for k in [0, 3, 1, 5] * 100]
+    a, b = PerImageStore((4, 3), np.int32), PerImageStore((4, 3), np.int32)
+    for c, r in items[:250]:
+        a.append(c, r)
+    for c, r in items[250:]:
+        b.append(c, r)
+    a.extend(pickle.loads(pickle.dumps(b)))
+    c2 = PerImageStore.from_list(a.to_list(), (4, 3), np.int32)
+    for store in (a, c2, pickle.loads(pickle.dumps(a))):
+        assert len(store) == len(items)
+        for i, (cls, rows) in enumerate(items):
+            got_c, got_r = store[i]
+            np.testing.assert_array_equal(got_c, cls)
+            np.testing.assert_array_equal(got_r, rows)
+    with pytest.raises(ValueError, match="shapes"):
+        a.extend(PerImageStore((3,), np.int64))

@@ -3,10 +3,9 @@ only their class attributes), ``compare`` (numpy only: no pandas, no matplotlib)
 (pandas and matplotlib, no torch). Each case runs in a fresh interpreter and reports which heavy
 modules it loaded; timings are measured outside the tests (see the report of this change).
 
-Two causes of a torch import live in modules this change does not own: ``wsss_bench.refine``
-(imported by the segmenter base for ``CRFParams``) and ``wsss_bench.metrics.functional`` (imported
-by the bootstrap). While either still imports torch at module level, the case it affects is an
-expected failure (strict: it must fail for exactly that reason); it passes once they are lazy.
+Neither ``wsss_bench.refine`` (imported by the segmenter base for ``CRFParams``) nor
+``wsss_bench.metrics.functional`` (imported by the bootstrap) imports torch at module level; both
+are checked on their own below, so a regression names its module.
 
 Also here: the names moved out of the adapter modules (networks in ``methods/nets``,
 ``segmenters/nets``) are still importable from where they were, and a third-party adapter that
@@ -15,7 +14,6 @@ imports torch at module level still works.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import os
@@ -54,17 +52,11 @@ def run_fresh(code: str, *argv: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-@functools.cache
-def imports_torch(module: str) -> bool:
-    """Whether importing ``module`` alone (fresh interpreter) imports torch."""
+@pytest.mark.parametrize("module", ["wsss_bench.refine", "wsss_bench.metrics.functional",
+                                    "wsss_bench.evaluate", "wsss_bench.commands.eval_cmd"])
+def test_modules_the_light_commands_use_import_no_torch(module):
     code = f"import json, sys, {module}\nprint(json.dumps('torch' in sys.modules))"
-    return bool(run_fresh(code))
-
-
-def expect_torch_from(request: pytest.FixtureRequest, module: str) -> None:
-    if imports_torch(module):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{module} imports torch at module level "
-                                              "(outside this change: the report gives the patch)"))
+    assert run_fresh(code) is False, f"{module} imports torch"
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +68,7 @@ def records(tmp_path_factory) -> tuple[Path, Path, Path]:
     return tmp, a, b
 
 
-def test_methods_lists_every_builtin_without_torch_or_network_code(request):
-    expect_torch_from(request, "wsss_bench.refine")
+def test_methods_lists_every_builtin_without_torch_or_network_code():
     got = run_fresh(PROBE, "methods")
     assert got["rc"] == 0
     for name in ("cam", "edam", "getam", "ad-cam", "more", "center-prior", "deeplabv2", "deeplabv3plus"):
@@ -85,9 +76,8 @@ def test_methods_lists_every_builtin_without_torch_or_network_code(request):
     assert got["modules"] == [], got["modules"]
 
 
-def test_adapter_and_segmenter_classes_and_instances_need_no_torch(request):
+def test_adapter_and_segmenter_classes_and_instances_need_no_torch():
     """Loading every built-in plug-in class and constructing it (no build) imports no torch."""
-    expect_torch_from(request, "wsss_bench.refine")
     code = """
 import json, sys
 from wsss_bench.methods.registry import installed_methods
@@ -101,16 +91,14 @@ print(json.dumps({"described": described, "modules": LOADED}))
     assert got["modules"] == [], got["modules"]
 
 
-def test_compare_needs_neither_torch_nor_pandas_nor_matplotlib(records, request):
-    expect_torch_from(request, "wsss_bench.metrics.functional")
+def test_compare_needs_neither_torch_nor_pandas_nor_matplotlib(records):
     _, a, b = records
     got = run_fresh(PROBE, "compare", str(a), str(b), "--resamples", "50")
     assert got["rc"] == 0 and "mIoU points" in got["out"]
     assert got["modules"] == [], got["modules"]
 
 
-def test_leaderboard_needs_no_torch(records, request, tmp_path):
-    expect_torch_from(request, "wsss_bench.metrics.functional")
+def test_leaderboard_needs_no_torch(records, tmp_path):
     tmp, _, _ = records
     got = run_fresh(PROBE, "leaderboard", str(tmp / "records"), "--out", str(tmp_path / "lb"), "--ci",
                     "--ci-resamples", "20")
@@ -119,8 +107,7 @@ def test_leaderboard_needs_no_torch(records, request, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--no-plots"], ["--format", "csv,tex"]], ids=" ".join)
-def test_leaderboard_without_plots_needs_no_matplotlib(records, request, tmp_path, extra):
-    expect_torch_from(request, "wsss_bench.metrics.functional")
+def test_leaderboard_without_plots_needs_no_matplotlib(records, tmp_path, extra):
     tmp, _, _ = records
     got = run_fresh(PROBE, "leaderboard", str(tmp / "records"), "--out", str(tmp_path / "lb"), *extra)
     assert got["rc"] == 0 and not (tmp_path / "lb" / "plots").exists()

@@ -13,6 +13,7 @@ counts up. Workers default to the cores this process may run on. Nothing here im
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -48,11 +49,45 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(num_images: int) -> int:
-    """The fastest choice measured (benchmarks/bench_sweep.py): one reader process per available
-    core, the main process only adding counts; in-process for a single core or a handful of images."""
+def busy_cores(samples: int = 5) -> float:
+    """How many of this process's cores other work keeps busy now: the smaller of the 1-minute load
+    average and the median, over a few samples 1 ms apart, of the tasks running at that instant
+    (``/proc/loadavg``, this process not counted), scaled to the share of the machine's CPUs this
+    process may use. Both must agree: the load average lags by a minute (the commands run just
+    before would count as busy), and a single instant catches short-lived tasks. 0 where neither
+    can be read."""
+    import statistics
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(max(0, int(f.read().split()[3].split("/")[0]) - 1))
+        except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+            return 0.0
+        if i + 1 < samples:
+            time.sleep(0.001)
+    try:
+        load = min(os.getloadavg()[0], statistics.median(counts))
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        load = statistics.median(counts)
+    total = os.cpu_count() or 1
+    return load * available_cores() / max(total, available_cores())
+
+
+def default_workers(num_images: int, busy: float | None = None) -> int:
+    """The fastest choice measured (benchmarks/bench_sweep.py): one reader process per idle core,
+    the main process only adding counts; in-process (0) when fewer than two cores are idle (reader
+    processes then only compete with each other and with the machine's other work: on a busy
+    machine they cost CPU time and win nothing), or for a handful of images. Never more reader
+    processes than available cores. ``busy``: busy cores (default :func:`busy_cores`)."""
     cores = available_cores()
-    return 0 if cores == 1 or num_images < 16 else cores
+    if cores == 1 or num_images < 16:
+        return 0
+    idle = cores - (busy_cores() if busy is None else busy)
+    w = math.floor(idle + 0.75)  # a core three-quarters idle is worth a reader
+    return min(cores, w) if w >= 2 else 0
 
 
 @dataclass

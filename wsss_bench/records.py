@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,25 @@ PATH_FIELDS: tuple[tuple[str, ...], ...] = (
 
 
 def environment(device: str | None = None) -> dict[str, Any]:
-    import torch
+    """Versions and device; torch is imported only for a CUDA device (otherwise its version is read
+    from the installed package's metadata, so a command that evaluates files never loads torch)."""
+    torch = sys.modules.get("torch")
+    if torch is None and device and device.startswith("cuda"):
+        import torch
+    if torch is not None:
+        torch_version = torch.__version__
+    else:
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = None
     env: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "torch": torch_version, "numpy": np.__version__,
         "platform": platform.platform(), "device": device or "cpu",
     }
-    if device and device.startswith("cuda") and torch.cuda.is_available():
+    if torch is not None and device and device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
         env["cuda"] = torch.version.cuda
     return env

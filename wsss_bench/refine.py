@@ -17,16 +17,26 @@ separate rows with their own record ``variant``. Numerics are pure functions; on
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from wsss_bench.errors import WsssBenchError
 
+if TYPE_CHECKING:
+    import torch
+
 CRF_PACKAGE = "pydensecrf2"
+
+
+def _is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (a tensor exists only once torch
+    has been imported, so a module that never saw torch never pays its start-up)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,7 @@ EDAM_SALIENCY = SaliencyParams()
 
 
 def _as_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
         return x.detach().cpu().numpy()
     return np.asarray(x)
 
@@ -86,10 +96,12 @@ def with_background(scores: torch.Tensor | np.ndarray, alpha: float = 1.0) -> to
 
     EDAM ``infer_cls.py::_crf_with_alpha`` (alpha 1). Returns [K+1, H, W] of the input's type.
     """
-    if isinstance(scores, torch.Tensor):
+    if _is_tensor(scores):
         if scores.ndim != 3:
             raise WsssBenchError(f"scores must be [K, H, W], got shape {tuple(scores.shape)}")
         bg = (1 - scores.max(dim=0, keepdim=True).values) ** alpha
+        import torch
+
         return torch.cat([bg, scores], dim=0)
     scores = np.asarray(scores)
     if scores.ndim != 3:
@@ -144,7 +156,9 @@ def dense_crf(image: np.ndarray, probs: torch.Tensor | np.ndarray,
     crf.addPairwiseBilateral(sxy=params.bilateral_sxy / params.scale_factor, srgb=params.bilateral_srgb,
                              rgbim=np.ascontiguousarray(img), compat=params.bilateral_compat)
     q = np.array(crf.inference(int(params.iterations)), dtype=np.float32).reshape(n_labels, h, w)
-    if isinstance(probs, torch.Tensor):
+    if _is_tensor(probs):
+        import torch
+
         return torch.from_numpy(q).to(probs.device)
     return q
 
@@ -183,7 +197,9 @@ def apply_saliency(scores: torch.Tensor | np.ndarray, saliency: np.ndarray,
         if ids.shape[0] != s.shape[0]:
             raise WsssBenchError(f"apply_saliency: {ids.shape[0]} class ids for {s.shape[0]} score maps")
         labels = np.concatenate([np.zeros(1, np.int64), ids])[labels]
-    if isinstance(scores, torch.Tensor):
+    if _is_tensor(scores):
+        import torch
+
         return torch.from_numpy(labels).to(scores.device)
     return labels
 

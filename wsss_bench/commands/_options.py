@@ -58,6 +58,12 @@ MaskIds = choice_enum("MaskIds", ("contiguous", "coco"))
 DemoModel = choice_enum("DemoModel", ("cam", "edam", "getam", "ad-cam", "more"))
 #: ``eval --labels``: the image label set comes from the ground truth or from the map files
 LabelSource = choice_enum("LabelSource", ("gt", "maps"))
+#: ``eval --official``: the official evaluation scripts (``wsss_bench.metrics.official.SCRIPTS``)
+OfficialScript = choice_enum("OfficialScript", ("irn", "edam", "toco"))
+#: ``eval --normalize`` (``wsss_bench.io.NORMALIZE_MODES``)
+Normalize = choice_enum("Normalize", ("max", "minmax"))
+#: ``eval --unlabelled`` (``wsss_bench.metrics.confusion.UNLABELLED_MODES``)
+Unlabelled = choice_enum("Unlabelled", ("fn", "exclude"))
 
 #: Bound of ``--num-thresholds`` (``wsss_bench.inference.config.MAX_THRESHOLDS``): the sweep's
 #: histogram holds C * C * (T + 1) integers per subset.

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from wsss_bench.commands._options import (
+    MAX_THRESHOLDS,
+    LabelSource,
+    Normalize,
+    OfficialScript,
+    Unlabelled,
+    value_of,
+)
 from wsss_bench.errors import WsssBenchError
-
-
-class LabelSource(str, Enum):
-    gt = "gt"
-    maps = "maps"
-
-
-class OfficialScript(str, Enum):
-    irn = "irn"
-    edam = "edam"
-    toco = "toco"
-
-
-class Normalize(str, Enum):
-    max = "max"
-    minmax = "minmax"
-
-
-class Unlabelled(str, Enum):
-    fn = "fn"
-    exclude = "exclude"
 
 
 def check_output_folder(out: Path) -> None:
@@ -97,7 +83,10 @@ def eval_command(
     name: str = typer.Option(None, "--name", help="Record name (default: eval-<folder>)."),
     labels: LabelSource = typer.Option(None, "--labels", help="Image label set for maps: gt (from the mask, "
                                        "the default) or maps (the classes each map file lists)."),
-    thresholds: int = typer.Option(None, "--thresholds", help="Number of sweep thresholds T (default 100)."),
+    num_thresholds: int = typer.Option(None, "--num-thresholds", min=1, max=MAX_THRESHOLDS, metavar="T",
+                                       help="Number of sweep thresholds T: j/T for j = 0..T-1 (default 100)."),
+    thresholds_alias: int = typer.Option(None, "--thresholds", hidden=True,
+                                         help="Deprecated spelling of --num-thresholds."),
     native: str = typer.Option(None, "--native", help="The method's own rule, evaluated exactly: a threshold "
                                "(0.15, or constant:0.15) or power:ALPHA (foreground where m > (1-m)^ALPHA)."),
     native_threshold: float = typer.Option(None, "--native-threshold", help="Same as --native with a constant "
@@ -111,8 +100,9 @@ def eval_command(
     unlabelled: Unlabelled = typer.Option(None, "--unlabelled", help="With --pred: accept 255 as 'no label' "
                                           "(fn: still a false negative of its gt class; exclude: not counted, "
                                           "as MoRe's pseudo_scores) and report coverage."),
-    workers: int = typer.Option(None, "--workers", help="Reader processes (default: one per available core; "
-                                "0 reads in this process)."),
+    workers: int = typer.Option(None, "--workers", min=0, help="Reader processes (default: one per idle core "
+                                "this process may use, none when fewer than two are idle; 0 reads in this "
+                                "process)."),
 ) -> None:
     """Score what any code base produced, without a method adapter.
 
@@ -121,6 +111,15 @@ def eval_command(
     """
     from wsss_bench.metrics.rules import NativeRule, check_num_thresholds
 
+    if thresholds_alias is not None:
+        if num_thresholds is not None:
+            raise WsssBenchError("give --num-thresholds once (--thresholds is its deprecated spelling)")
+        if not 1 <= thresholds_alias <= MAX_THRESHOLDS:
+            raise WsssBenchError(f"--num-thresholds must be in 1..{MAX_THRESHOLDS}, got {thresholds_alias}")
+        from wsss_bench.commands._ui import err_console
+
+        err_console.print("warning: --thresholds is deprecated; use --num-thresholds", markup=False)
+        num_thresholds = thresholds_alias
     # -- every option checked before any work starts
     if (pred is None) == (cams is None):
         raise WsssBenchError("give exactly one of --pred DIR or --cams DIR")
@@ -133,7 +132,7 @@ def eval_command(
     if ids is not None and gt is None:
         raise WsssBenchError("--ids selects masks of --gt DIR; give --gt")
     if pred is not None:
-        for opt, val in (("--labels", labels), ("--thresholds", thresholds), ("--native", native),
+        for opt, val in (("--labels", labels), ("--num-thresholds", num_thresholds), ("--native", native),
                          ("--native-threshold", native_threshold), ("--official", official),
                          ("--normalize", normalize)):
             if val is not None:
@@ -142,10 +141,8 @@ def eval_command(
         raise WsssBenchError("--unlabelled applies to --pred (hard masks), not to --cams")
     if native is not None and native_threshold is not None:
         raise WsssBenchError("give --native or --native-threshold, not both")
-    T = check_num_thresholds(100 if thresholds is None else thresholds)
+    T = check_num_thresholds(100 if num_thresholds is None else num_thresholds)
     rule = NativeRule.parse(native if native is not None else native_threshold)
-    if workers is not None and workers < 0:
-        raise WsssBenchError(f"--workers must be 0 or more, got {workers}")
     folder = pred if pred is not None else cams
     if not folder.is_dir():
         raise WsssBenchError("folder not found", folder)
@@ -168,12 +165,12 @@ def eval_command(
     with _LazyProgress("evaluating") as update:
         if pred is not None:
             record, counts = eval_predictions(pred, truth, workers=workers, progress=update,
-                                              unlabelled=None if unlabelled is None else unlabelled.value, name=name)
+                                              unlabelled=value_of(unlabelled), name=name)
         else:
             record, counts = eval_cams(cams, truth, workers=workers, num_thresholds=T,
-                                       label_source="gt" if labels is None else labels.value, native=rule,
-                                       official=None if official is None else official.value,
-                                       normalize=None if normalize is None else normalize.value,
+                                       label_source="gt" if labels is None else value_of(labels), native=rule,
+                                       official=value_of(official),
+                                       normalize=value_of(normalize),
                                        progress=update, name=name)
     path = write_record(out, record, counts)
     console.print(per_class_table(record, title=record["name"]))

@@ -7,11 +7,14 @@ options are checked by name and value, and a bad one is a :class:`WsssBenchError
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from wsss_bench.data.base import Sample, SegDataset, collate_samples, labels_from_mask, safe_join
 from wsss_bench.data.classes import COCO, IGNORE_INDEX, SYNTHETIC, VOC, ClassSet, get_classset
 from wsss_bench.data.layout import PROTOCOL_SPLIT_SIZES, check_options
 from wsss_bench.errors import WsssBenchError
+
+if TYPE_CHECKING:
+    from wsss_bench.data.base import SegDataset
 
 DATASETS = ("voc", "coco", "synthetic")
 
@@ -47,6 +50,19 @@ def build_dataset(name: str, root: str | os.PathLike, split: str, **options) -> 
     from wsss_bench.data.synthetic import SyntheticShapes
 
     return SyntheticShapes(root, split, **opts)
+
+
+#: Names of :mod:`wsss_bench.data.base` (which imports torch), loaded on first use so that the class
+#: sets and the layout helpers import without torch.
+_BASE_NAMES = ("Sample", "SegDataset", "collate_samples", "labels_from_mask", "safe_join")
+
+
+def __getattr__(name: str):
+    if name in _BASE_NAMES:
+        from wsss_bench.data import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

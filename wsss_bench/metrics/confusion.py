@@ -24,7 +24,7 @@ import numpy as np
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.metrics.functional import metrics_from_counts
-from wsss_bench.metrics.rules import Workspace
+from wsss_bench.metrics.rules import PerImageStore, Workspace
 
 IGNORE_INDEX = 255
 UNLABELLED_MODES = ("fn", "exclude")
@@ -96,7 +96,7 @@ class ConfusionEvaluator:
             self.device = torch.device(device)
             self._state = torch.zeros((C + 1, C + 1), dtype=torch.int64, device=self.device)
         self.image_ids: list[str] = []
-        self._per_image: list[tuple[np.ndarray, np.ndarray]] = []  # (classes [n] int16, [n, 3] int64)
+        self._store = PerImageStore((3,), np.int64)  # per image: classes [n] int16, TP/FP/FN [n, 3]
         self._ws = Workspace()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -131,6 +131,16 @@ class ConfusionEvaluator:
         C = self.num_classes
         return self.state()[:C, :C].copy()
 
+    @property
+    def _per_image(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-image (classes [n] int16, TP/FP/FN [n, 3]) as a list (gathered over ranks by
+        ``wsss_bench.inference.distributed.sync_evaluator``; assigning a list replaces them)."""
+        return self._store.to_list()
+
+    @_per_image.setter
+    def _per_image(self, items: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self._store = PerImageStore.from_list(items, (3,), np.int64)
+
     # -- accumulation ---------------------------------------------------------------------------
 
     def update(self, pred: Any, gt: Any, image_id: str | None = None, name: str | None = None,
@@ -164,7 +174,7 @@ class ConfusionEvaluator:
 
     def _record(self, local: np.ndarray | None, image_id: str | None) -> None:
         if self.keep_per_image:
-            self._per_image.append(self._image_counts(local))
+            self._store.append(*self._image_counts(local))
             self.image_ids.append(image_id if image_id is not None else str(len(self.image_ids)))
 
     def _check_values(self, gt_bad: int | None, pred_bad: int | None, name: str | None) -> None:
@@ -274,18 +284,18 @@ class ConfusionEvaluator:
 
             self._state += torch.as_tensor(other.state()).to(self.device)
         self.image_ids += other.image_ids
-        self._per_image += other._per_image
+        self._store.extend(other._store)
         return self
 
     # -- results -------------------------------------------------------------------------------
 
     def per_image_counts(self) -> dict[str, np.ndarray]:
         """``ids`` [N] and ``tp``/``fp``/``fn`` int64 [N, C], rows sorted by image id."""
-        N, C = len(self._per_image), self.num_classes
+        N, C = len(self._store), self.num_classes
         arr = np.zeros((N, 3, C), dtype=np.int64)
         order = sorted(range(N), key=lambda i: self.image_ids[i])
         for i, src in enumerate(order):
-            inv, counts = self._per_image[src]
+            inv, counts = self._store[src]
             arr[i][:, inv.astype(np.int64)] = counts.T
         ids = np.asarray([self.image_ids[i] for i in order], dtype=str)
         return {"ids": ids, "tp": arr[:, 0], "fp": arr[:, 1], "fn": arr[:, 2]}

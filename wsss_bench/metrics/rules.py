@@ -356,3 +356,87 @@ def pseudo_label(scores: Any, classes: Sequence[int] | np.ndarray, *, index: int
         lo, hi = np.float32(band[0]), np.float32(band[1])
         label[(m >= lo) & (m < hi)] = ignore_value
     return label
+
+
+def _mapped(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zeroed array in an anonymous memory map of its own (not in the C heap)."""
+    import mmap
+
+    count = math.prod(shape)
+    buf = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+
+
+class PerImageStore:
+    """Per-image ``(classes [n] int16, rows [n, *row_shape])`` packed into two growing arrays.
+
+    Kept one small array pair per image, these long-lived allocations scatter through the C heap
+    between the large per-image temporaries (decoded files, maps), so the heap cannot shrink and
+    grows with every image (about 120 kB an image measured on VOC-sized masks). Here they are
+    copied into arrays that live in memory maps of their own, grown by doubling, so memory follows
+    the counts themselves (a few kilobytes an image). ``store[i]`` gives views of image ``i``.
+    """
+
+    def __init__(self, row_shape: Sequence[int], dtype: Any):
+        self.row_shape = tuple(int(s) for s in row_shape)
+        self.dtype = np.dtype(dtype)
+        self._cls = _mapped((0,), np.int16)
+        self._rows = _mapped((0, *self.row_shape), self.dtype)
+        self._starts: list[int] = [0]
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self._starts[i], self._starts[i + 1]
+        return self._cls[a:b], self._rows[a:b]
+
+    def _reserve(self, n: int) -> None:
+        if n <= self._cls.shape[0]:
+            return
+        cap = max(n, 2 * self._cls.shape[0], 256)
+        used = self._starts[-1]
+        cls, rows = _mapped((cap,), np.int16), _mapped((cap, *self.row_shape), self.dtype)
+        cls[:used], rows[:used] = self._cls[:used], self._rows[:used]
+        self._cls, self._rows = cls, rows
+
+    def append(self, classes: np.ndarray, rows: np.ndarray) -> None:
+        n = len(classes)
+        used = self._starts[-1]
+        self._reserve(used + n)
+        self._cls[used:used + n] = classes
+        self._rows[used:used + n] = rows
+        self._starts.append(used + n)
+
+    def extend(self, other: PerImageStore) -> None:
+        if (other.row_shape, other.dtype) != (self.row_shape, self.dtype):
+            raise ValueError("per-image stores of different shapes")
+        used, n = self._starts[-1], other._starts[-1]
+        self._reserve(used + n)
+        self._cls[used:used + n] = other._cls[:n]
+        self._rows[used:used + n] = other._rows[:n]
+        self._starts += [used + s for s in other._starts[1:]]
+
+    def to_list(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self[i] for i in range(len(self))]
+
+    @classmethod
+    def from_list(cls, items: Sequence[tuple[np.ndarray, np.ndarray]], row_shape: Sequence[int],
+                  dtype: Any) -> PerImageStore:
+        store = cls(row_shape, dtype)
+        store._reserve(sum(len(c) for c, _ in items))
+        for c, r in items:
+            store.append(c, r)
+        return store
+
+    def __getstate__(self) -> dict[str, Any]:
+        n = self._starts[-1]
+        return {"row_shape": self.row_shape, "dtype": self.dtype.str, "cls": np.array(self._cls[:n]),
+                "rows": np.array(self._rows[:n]), "starts": np.asarray(self._starts, dtype=np.int64)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["row_shape"], state["dtype"])
+        n = len(state["cls"])
+        self._reserve(n)
+        self._cls[:n], self._rows[:n] = state["cls"], state["rows"]
+        self._starts = [int(s) for s in state["starts"]]

@@ -29,7 +29,14 @@ import numpy as np
 
 from wsss_bench.errors import WsssBenchError
 from wsss_bench.metrics.functional import is_calibration_id, metrics_from_confusion, miou_from_counts
-from wsss_bench.metrics.rules import NativeRule, ThresholdBins, Workspace, check_num_thresholds, clamp_scores
+from wsss_bench.metrics.rules import (
+    NativeRule,
+    PerImageStore,
+    ThresholdBins,
+    Workspace,
+    check_num_thresholds,
+    clamp_scores,
+)
 from wsss_bench.metrics.rules import top_class as _top_class
 
 IGNORE_INDEX = 255
@@ -129,7 +136,8 @@ class SweepEvaluator:
             self._merged_t = torch.from_numpy(self.bins.merged).to(self.device)
         self.image_ids: list[str] = []
         self.calibration: list[bool] = []
-        self._per_image: list[tuple[np.ndarray, np.ndarray]] = []  # (classes [n] int16, counts [P, n, 3] int32)
+        # per image: classes [n] int16 and TP/FP/FN [n, P, 3] int32 at every position
+        self._store = PerImageStore((self.bins.positions.size, 3), np.int32)
         self._ws = Workspace()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -141,6 +149,16 @@ class SweepEvaluator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._ws = Workspace()
+
+    @property
+    def _per_image(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-image (classes [n] int16, TP/FP/FN [n, P, 3] int32) as a list (gathered over ranks
+        by ``wsss_bench.inference.distributed.sync_evaluator``; assigning a list replaces them)."""
+        return self._store.to_list()
+
+    @_per_image.setter
+    def _per_image(self, items: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self._store = PerImageStore.from_list(items, (self.bins.positions.size, 3), np.int32)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -370,7 +388,7 @@ class SweepEvaluator:
         if self.keep_per_image:
             if res.counts is None:
                 raise ValueError("this evaluator keeps per-image counts; the image result has none")
-            self._per_image.append((res.classes, res.counts))
+            self._store.append(res.classes, np.moveaxis(res.counts, 1, 0))
         self.image_ids.append(res.image_id)
         self.calibration.append(res.calibration)
 
@@ -386,7 +404,7 @@ class SweepEvaluator:
             self._hist += torch.as_tensor(other.state() if other.backend == "numpy" else other._hist).to(self.device)
         self.image_ids += other.image_ids
         self.calibration += other.calibration
-        self._per_image += other._per_image
+        self._store.extend(other._store)
         return self
 
     # -- results -------------------------------------------------------------------------------
@@ -480,17 +498,17 @@ class SweepEvaluator:
             p = int(j)
             if not 0 <= p < self.T:
                 raise IndexError(f"threshold index {j} outside 0..{self.T - 1}")
-        N, C = len(self._per_image), self.num_classes
+        N, C = len(self._store), self.num_classes
         tp = np.zeros((N, C), dtype=np.int64)
         fp = np.zeros_like(tp)
         fn = np.zeros_like(tp)
         order = sorted(range(N), key=lambda i: self.image_ids[i])
         for i, src in enumerate(order):
-            inv, counts = self._per_image[src]
+            inv, counts = self._store[src]
             inv = inv.astype(np.int64)
-            tp[i, inv] = counts[p, :, 0]
-            fp[i, inv] = counts[p, :, 1]
-            fn[i, inv] = counts[p, :, 2]
+            tp[i, inv] = counts[:, p, 0]
+            fp[i, inv] = counts[:, p, 1]
+            fn[i, inv] = counts[:, p, 2]
         ids = np.asarray([self.image_ids[i] for i in order], dtype=str)
         return {"ids": ids, "tp": tp, "fp": fp, "fn": fn}
 
