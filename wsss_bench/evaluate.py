@@ -208,13 +208,25 @@ def run_pool(job: Any, items: list[Any], workers: int) -> Iterator[Any]:
         for part in parts:
             yield job.run(part)
         return
+    # concurrent.futures rather than multiprocessing.Pool: on an error, Pool's context manager calls
+    # terminate(), and a worker killed while it holds the result queue's lock leaves the pool's
+    # handler thread waiting forever (seen as a hung test); here pending chunks are cancelled and
+    # the workers stop normally (see wsss_bench.data.parallel)
+    from concurrent.futures import ProcessPoolExecutor
+
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(min(workers, len(parts)), initializer=_init_worker, initargs=(job,)) as pool:
-        for res in pool.imap(_call, parts, chunksize=1):
+    pool = ProcessPoolExecutor(min(workers, len(parts)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(job,))
+    try:
+        futures = [pool.submit(_call, part) for part in parts]
+        for fut in futures:
+            res = fut.result()
             if isinstance(res, _Failure):
                 raise WsssBenchError(res.message, res.path)
             yield res
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------
