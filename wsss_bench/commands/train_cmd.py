@@ -113,9 +113,15 @@ def train_seg_command(
     (the same global batch, the same samples: results do not depend on the number of ranks).
 
     Examples:
-      [bold]wsss-bench train-seg --pseudo pseudo/cam --pseudo-record records/cam-native.json --dataset voc --data-root VOC2012 --split train_aug --recipe deeplabv2-voc --init resnet101.pth --out seg/cam[/bold]
-      [bold]torchrun --nproc-per-node 2 -m wsss_bench train-seg --pseudo pseudo/cam ... --device cuda --precision bf16 --out seg/cam[/bold]
-      [bold]wsss-bench train-seg --pseudo shapes/SegmentationClass --dataset synthetic --data-root shapes --split train --recipe tiny-synthetic --out seg/gt[/bold]
+
+    [bold]wsss-bench train-seg --pseudo pseudo/cam --dataset voc --data-root VOC2012 --split train_aug
+    --recipe deeplabv2-voc --init resnet101.pth --out seg/cam[/bold]
+
+    [bold]torchrun --nproc-per-node 2 -m wsss_bench train-seg --pseudo pseudo/cam ... --device cuda
+    --precision bf16 --out seg/cam[/bold]
+
+    [bold]wsss-bench train-seg --pseudo shapes/SegmentationClass --dataset synthetic --data-root shapes
+    --split train --recipe tiny-synthetic --out seg/gt[/bold]
     """
     from wsss_bench.training.loop import TrainConfig, resolve_recipe, train_segmenter
     from wsss_bench.training.recipes import recipe_names
