@@ -49,7 +49,9 @@ def test_end_to_end_record_and_palette_predictions(synth, tmp_path):
     back = read_record(path)
     assert back["kind"] == "segmentation" and back["segmenter"] == "deeplabv2"
     assert back["settings"]["name"] == "fast" and back["settings"]["scales"] == [0.75, 1.0]
-    assert back["hyperparameters"]["width"] == 8 and back["backbone"] == "resnet101"
+    # the record names the network actually built: ResNet-101's layout at width 8, one block a stage
+    blocks = "".join(str(b) for b in TINY["blocks"])
+    assert back["hyperparameters"]["width"] == 8 and back["backbone"] == f"resnet-w8-b{blocks}"
     assert back["num_images"] == len(synth.ids) == 2
     # the pseudo-label runner's memory fields (inference.device.peak_memory): RSS, and CUDA or None
     assert set(back["timings"]) >= {"images_per_second", "seconds", "peak_rss_mb", "peak_device_memory_mb"}

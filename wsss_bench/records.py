@@ -49,6 +49,8 @@ REQUIRED_FIELDS = ("protocol_version", "kind", "dataset", "split", "num_images",
 PATH_FIELDS: tuple[tuple[str, ...], ...] = (
     ("checkpoint",), ("data_root",), ("cams_dir",), ("pseudo_dir",), ("pred_dir",), ("source",),
     ("refinement", "saliency", "dir"), ("training", "log"), ("training", "loss_plot"),
+    ("training", "init"), ("training", "recipe_file"), ("training", "model"),
+    ("pipeline", "pseudo_dir"), ("pipeline", "pseudo_provenance"),
 )
 
 

@@ -91,9 +91,12 @@ def demo_runs(data_root: Path, out: Path, device: str = "auto", workers: int = 0
                 maps_of[key] = str(out / "maps" / f"{name}-{s}")
                 cfg = dataclasses.replace(cfg, save_cams=maps_of[key], fresh=True)
             runs.append(pseudo(cfg))
-    runs.append(pseudo(RunConfig(method="center-prior", dataset="synthetic", data_root=str(data_root),
-                                 split="train", settings="native", device=device, workers=workers,
-                                 out=str(out / "records"), name="center-prior")))
+    prior = pseudo(RunConfig(method="center-prior", dataset="synthetic", data_root=str(data_root),
+                             split="train", settings="native", device=device, workers=workers,
+                             out=str(out / "records"), name="center-prior"))
+    if prior.save_pseudo:  # its pseudo labels are read back from a map cache: keep it with the others
+        prior = dataclasses.replace(prior, save_cams=str(out / "maps" / "center-prior"), fresh=True)
+    runs.append(prior)
     return runs
 
 

@@ -208,6 +208,12 @@ class Segmenter:
         self.hparams = resolve_hparams(f"segmenter {self.name!r}", self.hyperparameters, hparams)
         self.model: nn.Module | None = None
 
+    @property
+    def backbone_label(self) -> str:
+        """The backbone as records and leaderboards name it (a segmenter whose hyperparameters
+        change the network's size says so, e.g. ``resnet-w8-b1111``)."""
+        return self.backbone
+
     # -- to implement ------------------------------------------------------------------------
 
     def build(self) -> nn.Module:

@@ -103,6 +103,15 @@ def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> d
     return out
 
 
+def _label(backbone: str, hparams: dict[str, Any], default_width: int = 64) -> str:
+    """``resnet101`` as built by default; ``resnet-w8-b1111`` for a resized one (width, blocks per stage)."""
+    width, blocks = int(hparams.get("width", default_width)), hparams.get("blocks")
+    if width == default_width and (blocks is None or tuple(int(b) for b in blocks) == RESNET_BLOCKS[backbone]):
+        return backbone
+    b = RESNET_BLOCKS[backbone] if blocks is None else tuple(int(x) for x in blocks)
+    return f"resnet-w{width}-b{''.join(str(x) for x in b)}"
+
+
 def _blocks(hparams: dict[str, Any], backbone: str) -> tuple[int, ...]:
     blocks = hparams.get("blocks")
     if blocks is None:
@@ -130,6 +139,10 @@ class DeepLabV2Segmenter(Segmenter):
     mean = tuple(m / 255.0 for m in CAFFE_MEAN_BGR)  # type: ignore[assignment]
     std = (1 / 255.0, 1 / 255.0, 1 / 255.0)
 
+    @property
+    def backbone_label(self) -> str:
+        return _label(self.backbone, self.hparams)
+
     def build(self) -> nn.Module:
         from wsss_bench.segmenters.nets.deeplab import DeepLabV2Net
 
@@ -156,6 +169,10 @@ class DeepLabV3PlusSegmenter(Segmenter):
     hyperparameters: ClassVar[dict[str, Any]] = {"width": 64, "blocks": None, "output_stride": 16,
                                                  "decoder_channels": 256, "low_level_channels": 48}
     native = TestTimeSettings(name="native", scales=(1.0,), flip=False, fusion="mean")
+
+    @property
+    def backbone_label(self) -> str:
+        return _label(self.backbone, self.hparams)
 
     def build(self) -> nn.Module:
         from wsss_bench.segmenters.nets.deeplab import DeepLabV3PlusNet

@@ -227,7 +227,7 @@ def _run(segmenter: Segmenter, ds: SegDataset, s: TestTimeSettings, dev: torch.d
             "segmentation", ds.name, ds.split, ds.classes.names, len(ids),
             fingerprint_of({i: ds.mask_path(i) for i in ids}), device=str(dev),
             name=name or f"{segmenter.name}-{s.name}", segmenter=segmenter.name,
-            variant="crf" if s.crf is not None else None, backbone=segmenter.backbone,
+            variant="crf" if s.crf is not None else None, backbone=segmenter.backbone_label,
             settings=s.to_dict(), hyperparameters=dict(segmenter.hparams),
             checkpoint=None if checkpoint is None else os.path.abspath(checkpoint), checkpoint_sha256=sha,
             data_root=os.path.abspath(str(ds.root)), limit=limit, metrics=ev.metrics(), timings=timings,
