@@ -1,6 +1,6 @@
 """Optional refinements of pseudo labels: dense CRF and saliency maps.
 
-These are never part of a headline number (PROTOCOL.md, METHODS.md): a run reports them as
+These are never part of a headline number (docs/protocol.md, docs/methods.md): a run reports them as
 separate rows with their own record ``variant``. Numerics are pure functions; only
 :func:`load_saliency` touches the disk.
 

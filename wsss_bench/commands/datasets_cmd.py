@@ -114,7 +114,7 @@ def prepare_command(
 ) -> None:
     """Build and cache the COCO 2014 semantic masks (worker processes).
 
-    Masks follow PROTOCOL.md: pycocotools rasterisation, contiguous ids 1..80, smaller instance
+    Masks follow docs/protocol.md: pycocotools rasterisation, contiguous ids 1..80, smaller instance
     wins, crowd -> ignore by default. They are cached as PNG with a manifest (builder version,
     options, annotation SHA-256); an up-to-date cache is left alone, a stale one is rebuilt.
 

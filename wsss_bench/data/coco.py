@@ -6,7 +6,7 @@ Layout (``root``)::
     val2014/COCO_val2014_<12 digits>.jpg
     annotations/instances_{train,val}2014.json
 
-Semantic masks follow PROTOCOL.md ("COCO semantic masks"): each non-crowd instance is rasterised
+Semantic masks follow docs/protocol.md ("COCO semantic masks"): each non-crowd instance is rasterised
 with pycocotools exactly as ``COCO.annToMask`` does (polygons merged with ``frPyObjects`` +
 ``merge``, uncompressed RLE through ``frPyObjects``, compressed RLE decoded as is) and painted with
 its contiguous class index (category ids ascending -> 1..80); where instances overlap the smaller

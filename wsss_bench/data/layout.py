@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wsss_bench.errors import WsssBenchError
 
-#: Split sizes defined by PROTOCOL.md; ``datasets check`` warns (never fails) on a mismatch.
+#: Split sizes defined by docs/protocol.md; ``datasets check`` warns (never fails) on a mismatch.
 PROTOCOL_SPLIT_SIZES: dict[str, dict[str, int]] = {
     "voc": {"train": 1464, "val": 1449, "trainval": 2913, "test": 1456, "train_aug": 10582},
     "coco": {"train": 82081, "val": 40137},

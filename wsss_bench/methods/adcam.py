@@ -2,7 +2,7 @@
 
 Paper: J. Huang et al., "Attention-based Class Activation Diffusion for Weakly-Supervised Semantic
 Segmentation" (arXiv 2211.10931). No public code was found, so this adapter implements our reading of
-the abstract as written down in the project's METHODS.md ("AD-CAM"); every record it writes carries
+the abstract as written down in docs/methods.md ("AD-CAM"); every record it writes carries
 ``interpretation: "abstract-only"``. Nothing here is verified against the authors' implementation.
 
 Network (our own layout, any timm ViT of :mod:`wsss_bench.methods.backbones.vit`):

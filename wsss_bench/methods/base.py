@@ -165,7 +165,7 @@ class InferenceSettings:
         return d
 
 
-#: The shared protocol settings, identical for all methods (METHODS.md, "standard"): Pillow bicubic
+#: The shared protocol settings, identical for all methods (docs/methods.md, "standard"): Pillow bicubic
 #: rescaling (the convention of IRN and EDAM), scales 1.0, 0.5, 1.5, 2.0 with flips, every view
 #: upsampled straight to the image size, summed, and each class map divided by its max + 1e-5.
 STANDARD_SETTINGS = InferenceSettings(

@@ -19,7 +19,7 @@ Network (only the classification path; the DPT decoder is the segmenter's busine
   [patch token, class token], GELU), tokens to the patch grid (``1``, ``2``: parameter-free),
   a 1 x 1 conv (``3``) and a 3 x 3 stride-2 conv (``4``); then global average pooling and
   ``cls_head`` (Linear D -> classes). These ``act_postprocess4`` weights are on the path from the
-  attention to the logits, so they are loaded and used (METHODS.md only names ``cls_head``).
+  attention to the logits, so they are loaded and used (docs/methods.md only names ``cls_head``).
   The final ``norm`` is loaded (strict load) but, as in the official hook on block 11, not used.
 
 Map, for each class c of the image (``generate_cam_2``): back-propagate c's raw logit; for every

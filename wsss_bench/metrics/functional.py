@@ -1,4 +1,4 @@
-"""Metrics from confusion matrices, as PROTOCOL.md defines them (pure functions, no I/O, no torch).
+"""Metrics from confusion matrices, as docs/protocol.md defines them (pure functions, no I/O, no torch).
 
 A confusion matrix ``conf[g, p]`` counts pixels with ground truth ``g`` predicted as ``p`` over
 non-ignored pixels. For class c: TP = conf[c, c], FP = column sum - TP, FN = row sum - TP.
@@ -89,5 +89,5 @@ def metrics_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[
 
 
 def is_calibration_id(image_id: str) -> bool:
-    """PROTOCOL.md's calibration subset: the id's SHA-1, read as an integer, divisible by 10."""
+    """docs/protocol.md's calibration subset: the id's SHA-1, read as an integer, divisible by 10."""
     return int(hashlib.sha1(image_id.encode("utf-8")).hexdigest(), 16) % 10 == 0

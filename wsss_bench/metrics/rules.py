@@ -1,4 +1,4 @@
-"""The protocol's decision rules (PROTOCOL.md version 2), as pure functions on numpy arrays.
+"""The protocol's decision rules (docs/protocol.md, version 2), as pure functions on numpy arrays.
 
 At a pixel, ``m`` is the largest score over the image's label set (float32, clamped to [0, 1]) and
 ``k`` its class (the lowest class index wins a tie). Under a threshold ``t`` (a float32 value) the

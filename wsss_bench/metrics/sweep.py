@@ -1,4 +1,4 @@
-"""One-pass threshold sweep over localisation maps (PROTOCOL.md version 2, "Pseudo-label quality").
+"""One-pass threshold sweep over localisation maps (docs/protocol.md, version 2, "Pseudo-label quality").
 
 For an image with label set L and maps S_c (c in L), m = max_c S_c clamped to [0, 1] (float32)
 and k = the first maximal class (lowest index wins ties). At threshold t_j = float32(j / T) the
@@ -521,24 +521,3 @@ def _argmax(curve: np.ndarray) -> int:
     """First index of the maximum, NaN treated as -inf (the lowest best threshold wins ties)."""
     c = np.where(np.isfinite(curve), curve, -np.inf)
     return int(np.argmax(c))
-
-
-# -- version-1 helpers (torch), kept until inference/runner.py and reports/grid.py call ----------
-# -- wsss_bench.metrics.rules.pseudo_label; they implement protocol version 1's floor(T m) >= j ---
-
-
-def quantise_scores(m: Any, num_thresholds: int) -> Any:
-    """Deprecated (protocol version 1): score bin floor(T * m) of the clamped top score (torch)."""
-    import torch
-
-    m = m.float().clamp(0.0, 1.0)
-    return (m * num_thresholds).to(torch.int32).clamp_(0, num_thresholds)
-
-
-def top_class(scores: Any, classes: Any) -> tuple[Any, Any]:
-    """Deprecated: (m, class index) per pixel of torch maps [K, H, W], ``classes`` ascending."""
-    scores = scores.float()
-    if scores.shape[0] == 1:
-        return scores[0], classes[0].expand(scores.shape[1:])
-    m, k = scores.max(dim=0)
-    return m, classes[k]
