@@ -331,20 +331,6 @@ def _world(process_group: Any) -> int:
     return dist.get_world_size(process_group)
 
 
-def _all_reduce_sum(t: Any, process_group: Any) -> Any:
-    """Sum ``t`` (an int64 tensor) over the ranks, in place; NCCL needs the tensor on the GPU."""
-    import torch
-    import torch.distributed as dist
-
-    if dist.get_backend(process_group) == "nccl" and t.device.type != "cuda":
-        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM, group=process_group)
-        t.copy_(on_gpu.cpu())
-    else:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=process_group)
-    return t
-
-
 def _device_of(x: Any, device: Any) -> Any:
     if device is not None:
         return device
@@ -439,8 +425,10 @@ class SegEvaluator:
             return ev.state().copy() if ev is not None else np.zeros((C + 1, C + 1), np.int64)
         import torch
 
+        from wsss_bench.metrics.sync import all_reduce_sum
+
         t = ev.hist.clone() if ev is not None else torch.zeros((C + 1, C + 1), dtype=torch.int64)
-        return _all_reduce_sum(t, self.process_group).cpu().numpy()
+        return all_reduce_sum(t, self.process_group).cpu().numpy()
 
     def confusion_matrix(self) -> np.ndarray:
         """C x C int64 counts (rows: target, columns: prediction), synchronised like :meth:`compute`."""
@@ -601,14 +589,8 @@ class PseudoLabelEvaluator:
         ev = self._ev if self._ev is not None else self._new("cpu")
         if not (self.sync_on_compute and _world(self.process_group) > 1):
             return ev
-        import torch.distributed as dist
-
         ev = copy.deepcopy(ev)  # this rank's own counts stay as they are
-        _all_reduce_sum(ev.hist, self.process_group)  # on CPU a view of the numpy counts
-        seen: list[Any] = [None] * dist.get_world_size(self.process_group)
-        dist.all_gather_object(seen, (ev.image_ids, ev.calibration), group=self.process_group)
-        ev.image_ids = [i for ids, _ in seen for i in ids]
-        ev.calibration = [c for _, cal in seen for c in cal]
+        ev.all_reduce(self.process_group)
         return ev
 
     def compute(self) -> dict[str, Any]:

@@ -104,25 +104,10 @@ def barrier(info: DistInfo) -> None:
 
 @collective
 def sync_evaluator(ev: Any, info: DistInfo) -> None:
-    """Sum an evaluator's histogram / confusion over ranks and gather its per-image state, in place.
-
-    After the call every rank holds the state of the whole split (sums are exact: int64)."""
-    if not info.active:
-        return
-    state = ev.hist if hasattr(ev, "hist") else ev.confusion
-    backend = dist.get_backend()
-    t = state if (backend == "nccl") == state.is_cuda else state.cpu()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    if t is not state:
-        state.copy_(t.to(state.device))
-    local = {k: getattr(ev, k) for k in ("image_ids", "calibration", "_per_image") if hasattr(ev, k)}
-    gathered: list[Any] = [None] * info.world_size
-    dist.all_gather_object(gathered, local)
-    for k in local:
-        merged: list[Any] = []
-        for part in gathered:
-            merged += part[k]
-        setattr(ev, k, merged)
+    """Sum an evaluator's counts over ranks and gather its per-image state, in place (its
+    ``all_reduce``): after the call every rank holds the state of the whole split."""
+    if info.active:
+        ev.all_reduce()
 
 
 @collective

@@ -109,6 +109,13 @@ class ConfusionEvaluator:
         self.__dict__.update(state)
         self._ws = Workspace()
 
+    def all_reduce(self, group: Any = None) -> None:
+        """Sum the counts over the ranks of ``group`` (torch.distributed) and gather the per-image
+        state, in place; every rank must call it. Imports torch."""
+        from wsss_bench.metrics.sync import sync_evaluator_state
+
+        sync_evaluator_state(self, ("image_ids", "_per_image"), group)
+
     # -- state --------------------------------------------------------------------------------
 
     @property
@@ -134,7 +141,7 @@ class ConfusionEvaluator:
     @property
     def _per_image(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per-image (classes [n] int16, TP/FP/FN [n, 3]) as a list (gathered over ranks by
-        ``wsss_bench.inference.distributed.sync_evaluator``; assigning a list replaces them)."""
+        ``all_reduce``; assigning a list replaces them)."""
         return self._store.to_list()
 
     @_per_image.setter

@@ -153,12 +153,19 @@ class SweepEvaluator:
     @property
     def _per_image(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per-image (classes [n] int16, TP/FP/FN [n, P, 3] int32) as a list (gathered over ranks
-        by ``wsss_bench.inference.distributed.sync_evaluator``; assigning a list replaces them)."""
+        by ``all_reduce``; assigning a list replaces them)."""
         return self._store.to_list()
 
     @_per_image.setter
     def _per_image(self, items: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self._store = PerImageStore.from_list(items, (self.bins.positions.size, 3), np.int32)
+
+    def all_reduce(self, group: Any = None) -> None:
+        """Sum the counts over the ranks of ``group`` (torch.distributed) and gather the per-image
+        state, in place; every rank must call it. Imports torch."""
+        from wsss_bench.metrics.sync import sync_evaluator_state
+
+        sync_evaluator_state(self, ("image_ids", "calibration", "_per_image"), group)
 
     # -- state --------------------------------------------------------------------------------
 
