@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from wsss_bench.commands._options import Dataset, Precision, Settings, parse_hparams, value_of
-from wsss_bench.commands._ui import console, pct, summary_lines
+from wsss_bench.commands._ui import console, fmt_duration, pct, progress_mode, summary_lines
 from wsss_bench.errors import WsssBenchError
 
 
@@ -24,19 +24,16 @@ def _rank() -> int:
         return 0
 
 
-def _fmt_seconds(s: float) -> str:
-    s = int(max(0, s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 @contextlib.contextmanager
 def training_progress(description: str, every: int = 10) -> Iterator[Any]:
     """Yields ``update(done, total, loss, lr)``: a rich bar with loss, lr and ETA on a terminal, a plain
-    line every ``every`` iterations (and the last) otherwise. Only rank 0 shows anything."""
-    if _rank() != 0:
+    line every ``every`` iterations (and the last) otherwise, nothing with ``WSSS_BENCH_PROGRESS=off``
+    (:func:`~wsss_bench.commands._ui.progress_mode`, as every command). Only rank 0 shows anything."""
+    mode = progress_mode(sys.stdout)
+    if _rank() != 0 or mode == "off":
         yield lambda *a: None
         return
-    if sys.stdout.isatty() and os.environ.get("CI") != "true":
+    if mode == "bar":
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -68,7 +65,7 @@ def training_progress(description: str, every: int = 10) -> Iterator[Any]:
         rate = (done - first[0]) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else 0.0
         print(f"{description}: iteration {done}/{total} loss {loss:.4f} lr {lr:.3e} "
-              f"elapsed {_fmt_seconds(elapsed)} eta {_fmt_seconds(eta)}", flush=True)
+              f"elapsed {fmt_duration(elapsed)} eta {fmt_duration(eta)}", flush=True)
 
     yield plain
 
