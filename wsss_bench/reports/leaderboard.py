@@ -38,6 +38,7 @@ from wsss_bench.reports.table import (
     group_records,
     method_id,
     per_class_frame,
+    pseudo_miou,
     ranked_frame,
     row_label,
 )
@@ -103,9 +104,7 @@ def _pipeline_frame(group: Group, order: list[int], base: Any) -> pd.DataFrame |
         rows.append({
             "method": display_name(method),
             "pseudo-label record": str(pipe.get("pseudo_record") or "-"),
-            # the PNGs' own score (at the threshold they were written at) when the run measured it
-            "pseudo-label mIoU (%)": _pct(pipe.get("pseudo_labels_miou") if pipe.get("pseudo_labels_miou") is not None
-                                          else pipe.get("pseudo_miou")),
+            "pseudo-label mIoU (%)": _pct(pseudo_miou(pipe)),
             "threshold": "-" if thr is None else f"{float(thr):.2f}",
             "recipe": str(pipe.get("recipe") or "-"),
             "segmenter": display_name(str(pipe.get("segmenter") or r.get("segmenter") or "")) or "-",

@@ -241,6 +241,13 @@ def _mean_defined(values: list[float | None] | None, mask: list[bool] | None = N
     return float(np.mean(vals)) if vals else None
 
 
+def pseudo_miou(pipe: dict[str, Any]) -> float | None:
+    """The mIoU of the pseudo labels a segmenter was trained on: the PNGs' own score (at the threshold
+    they were written at) where the run measured it, else the run's best-threshold mIoU."""
+    v = pipe.get("pseudo_labels_miou")
+    return _num(v if v is not None else pipe.get("pseudo_miou"))
+
+
 def _num(v: Any) -> float | None:
     if v is None or isinstance(v, bool):
         return None
@@ -313,8 +320,7 @@ def record_row(record: dict[str, Any]) -> dict[str, Any]:
         "peak_memory_mb": peak,
         "peak_memory_kind": peak_kind,
         "device": str(env.get("device_name") or env.get("device") or ""),
-        "pseudo_miou": _num(pipe.get("pseudo_labels_miou") if pipe.get("pseudo_labels_miou") is not None
-                            else pipe.get("pseudo_miou")),
+        "pseudo_miou": pseudo_miou(pipe),
         "segmenter": display_name(str(pipe.get("segmenter") or record.get("segmenter") or "")),
         "recipe": str(pipe.get("recipe") or ""),
         "checkpoint_sha256": (record.get("checkpoint_sha256") or "")[:12],
