@@ -513,16 +513,14 @@ def test_two_gloo_processes_sum_their_counts_to_the_single_process_result(tmp_pa
 
 
 # ----------------------------------------------------------------------------------------------
-# the README's "Python API" examples, run as written
+# the Python API examples (docs/api.md, linked from the README), run as written
 # ----------------------------------------------------------------------------------------------
 
 
 def readme_api_blocks() -> list[str]:
     import re
 
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("## Python API")
-    section = text[start:text.index("\n## ", start + 1)]
+    section = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n(.*?)^```$", section, re.S | re.M)
     assert len(blocks) == 2
     return blocks
@@ -548,7 +546,7 @@ def test_readme_folder_example_runs_on_a_voc_layout_with_irn_maps(voc_tree, tmp_
         np.save(cam_dir / f"{i}.npy", {"keys": keys, "high_res": rng.random((len(keys), *g.shape)).astype(np.float32)})
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(readme_api_blocks()[0], "README.md (Python API, folders)", "exec"), ns)  # noqa: S102
+    exec(compile(readme_api_blocks()[0], "docs/api.md (folders)", "exec"), ns)  # noqa: S102
     res, cams, df = ns["res"], ns["cams"], ns["df"]
     ref = api.evaluate_predictions(tmp_path / "pred", api.ground_truth(tmp_path / "VOCdevkit" / "VOC2012" /
                                                                        "SegmentationClass", classes="voc",
@@ -587,7 +585,7 @@ def test_readme_streaming_example_runs_with_stand_in_loaders_and_models():
         return torch.relu(model(images)[:, 1:])
 
     ns = {"val_loader": val_loader, "train_loader": train_loader, "model": model, "cam_model": cam_model}
-    exec(compile(readme_api_blocks()[1], "README.md (Python API, streaming)", "exec"), ns)  # noqa: S102
+    exec(compile(readme_api_blocks()[1], "docs/api.md (streaming)", "exec"), ns)  # noqa: S102
     conf = sum(naive_confusion(model(i).argmax(1).numpy(), m.numpy(), C) for i, m in val_loader)
     assert ns["out"]["miou"] == pytest.approx(naive_metrics(conf)["miou"], abs=1e-12)
     ref = api.PseudoLabelEvaluator(C, native=0.15)

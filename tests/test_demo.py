@@ -56,7 +56,7 @@ def test_training_set_is_not_the_demo_set():
 
 
 #: Methods whose shipped demo weights do NOT yet clear the floor by FLOOR_MARGIN (measured, see the
-#: README's demo section); their floor check is an expected failure (strict: it flags when they do).
+#: docs/demo.md); their floor check is an expected failure (strict: it flags when they do).
 BELOW_FLOOR: dict[str, str] = {}
 
 

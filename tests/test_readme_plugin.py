@@ -1,5 +1,5 @@
-"""The README's plug-in example, kept true: its files are written out of the README, installed into
-a throwaway environment and run with the README's own commands.
+"""The plug-in example (docs/plugins.md, linked from the README), kept true: its files are written out
+of the document, installed into a throwaway environment and run with the document's own commands.
 
 The environment is a venv on this interpreter that sees this interpreter's packages (torch,
 wsss-bench) through a ``.pth`` file, so nothing is downloaded or reinstalled; the plug-in is
@@ -27,9 +27,7 @@ FENCE = re.compile(r"^```(\w+) file=(\S+)\n(.*?)^```$", re.S | re.M)
 
 
 def readme_section() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("### Adding your own method")
-    return text[start:text.index("\n## ", start)]
+    return (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
 
 
 def readme_files(section: str) -> dict[str, str]:

@@ -36,7 +36,7 @@ CAM was dark on the objects and bright on the background; MoRe's barely classifi
 10,800 training images of a 14,400-image set from the same generator, at a lower learning rate
 (5e-4) and for 30,000 steps, AD-CAM's ViT generalises (mAP 61 on train, 59 on val after 10,000
 steps) and its CAM follows the objects; GETAM's hybrid, which learns faster, also gained from lr 5e-4.
-Recipes tried on the val split are listed in the README's demo section. The model is saved as
+Recipes tried on the val split are listed in docs/demo-log.md. The model is saved as
 safetensors in the layout its adapter loads (``wsss_bench/demo/weights/<method>.safetensors``), with a manifest entry
 (SHA-256, seed, steps, command).
 """
