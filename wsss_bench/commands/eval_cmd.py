@@ -154,7 +154,9 @@ def eval_command(
         raise WsssBenchError("dataset root not found", data_root)
     check_output_folder(out)
 
-    truth = _ground_truth(gt, classes, ids, dataset, data_root, split)
+    from wsss_bench.api import ground_truth
+
+    truth = ground_truth(gt, dataset=dataset, data_root=data_root, split=split, classes=classes, ids=ids)
 
     from wsss_bench.commands._ui import console, per_class_table, summary_lines
     from wsss_bench.evaluate import eval_cams, eval_predictions, tune_malloc
@@ -196,25 +198,6 @@ def extra_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"official {off['script']} ({off['source']}), labels from {off['label_set']}, threshold "
                      f"{off['threshold']:g}: mIoU {v}  |  protocol at the same rule: {o}")
     return lines
-
-
-def _ground_truth(gt: Path | None, classes: str, ids: Path | None, dataset: str | None,
-                  data_root: Path | None, split: str | None) -> Any:
-    from wsss_bench.evaluate import GroundTruth
-
-    if dataset is not None:
-        from wsss_bench.data import build_dataset
-
-        ds = build_dataset(dataset, data_root, split or "train")
-        return GroundTruth.from_dataset(ds, gt)
-    from wsss_bench.data.classes import get_classset
-
-    cs = get_classset(classes)
-    if ids is not None:
-        from wsss_bench.data.layout import read_id_list
-
-        return GroundTruth.from_folder(gt, cs, split or ids.stem, read_id_list(ids))
-    return GroundTruth.from_folder(gt, cs, split)
 
 
 def register(app: typer.Typer) -> None:
